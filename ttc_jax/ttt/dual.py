@@ -1,0 +1,132 @@
+"""The dual form of mini-batch TTT as a `lax.scan` over mini-batches (impl="xla").
+
+A call splits its T tokens into: a head that completes the mini-batch left
+unfinished by `state` (if any), full mini-batches scanned with
+rematerialisation in groups, and a short tail that stays uncommitted in the
+returned state. When the state's position is traced (inside `jit` with a
+carried state, e.g. a decode step), the tokens are scanned one at a time with
+a dynamic position instead; both are exact.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+
+from ttc_jax.ttt.learners import Learner, commit
+from ttc_jax.ttt.state import TTTState, static_pos
+
+
+def grouped_scan(body, carry, xs, group: int):
+    """`lax.scan(body, carry, xs)`, rematerialised in groups of `group` steps.
+
+    The backward pass stores the carry once per group and recomputes the group,
+    so its memory grows with n / group carries. group == 0 disables remat.
+    """
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if group <= 0:
+        return jax.lax.scan(body, carry, xs)
+    group_body = jax.checkpoint(lambda c, x: jax.lax.scan(body, c, x), prevent_cse=False)
+    n_groups, rem = divmod(n, group)
+    parts = []
+    if n_groups:
+        xg = jax.tree.map(lambda a: a[: n_groups * group].reshape(n_groups, group, *a.shape[1:]), xs)
+        carry, ys = jax.lax.scan(group_body, carry, xg)
+        parts.append(jax.tree.map(lambda a: a.reshape(n_groups * group, *a.shape[2:]), ys))
+    if rem:
+        carry, ys = group_body(carry, jax.tree.map(lambda a: a[n_groups * group:], xs))
+        parts.append(ys)
+    ys = parts[0] if len(parts) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    return carry, ys
+
+
+def _batched_segment(learner: Learner, eps: float, stats: bool):
+    """learner.segment vmapped over heads then examples; s is shared."""
+    seg = functools.partial(learner.segment, eps=eps, stats=stats)
+    per_head = jax.vmap(seg, in_axes=(0, 0, 0, 0, 0, 0, None, 0, 0))
+    return jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))
+
+
+def _zeros(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, ln_bias, eps,
+         *, remat_group: int = 4, stats: bool = False):
+    """z [B, H, T, F], the new state, and per-segment stats ([B, H, n_segments]) or None."""
+    p = static_pos(state)
+    if p is None:
+        return _tokenwise(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps, stats=stats)
+    seg = _batched_segment(learner, eps, stats)
+    mini_batch_size = token_scale.shape[0]
+    T = q.shape[2]
+    w, acc = state.weights, state.acc
+    outs, stat_parts = [], []
+    t = 0
+
+    def take(a, start, stop):
+        return a[:, :, start:stop]
+
+    if p > 0:  # finish the mini-batch the state left open
+        h = min(mini_batch_size - p, T)
+        z, acc, st = seg(w, acc, take(q, 0, h), take(k, 0, h), take(v, 0, h), take(lr, 0, h),
+                         token_scale[p:p + h], ln_scale, ln_bias)
+        outs.append(z)
+        stat_parts.append(jax.tree.map(lambda a: a[..., None], st))
+        p, t = p + h, h
+        if p == mini_batch_size:
+            w, acc, p = commit(w, acc, token_scale[-1]), _zeros(acc), 0
+
+    n_full = (T - t) // mini_batch_size
+    if n_full:
+        end = t + n_full * mini_batch_size
+        split = lambda a: rearrange(a, "b h (n k) ... -> n b h k ...", k=mini_batch_size)
+        xs = tuple(split(take(a, t, end)) for a in (q, k, v, lr))
+
+        def body(w, x):
+            z, a, st = seg(w, None, *x, token_scale, ln_scale, ln_bias)
+            return commit(w, a, token_scale[-1]), (z, st)
+
+        w, (z, st) = grouped_scan(body, w, xs, remat_group)
+        outs.append(rearrange(z, "n b h k f -> b h (n k) f"))
+        stat_parts.append(jax.tree.map(lambda a: jnp.moveaxis(a, 0, -1), st))
+        t = end
+
+    if t < T:  # a short last mini-batch: its updates stay in acc
+        r = T - t
+        z, acc, st = seg(w, None, take(q, t, T), take(k, t, T), take(v, t, T), take(lr, t, T),
+                         token_scale[:r], ln_scale, ln_bias)
+        outs.append(z)
+        stat_parts.append(jax.tree.map(lambda a: a[..., None], st))
+        p = r
+
+    z = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+    new_state = TTTState(weights=w, acc=acc, pos=jnp.asarray(p, jnp.int32))
+    all_stats = None
+    if stats:
+        all_stats = jax.tree.map(lambda *a: jnp.concatenate(a, axis=-1), *stat_parts)
+    return z, new_state, all_stats
+
+
+def _tokenwise(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps, *, stats):
+    """Exact fallback for a traced state position: one token per scan step."""
+    seg = _batched_segment(learner, eps, stats)
+    mini_batch_size = token_scale.shape[0]
+
+    def step(carry, x):
+        w, acc, pos = carry
+        qt, kt, vt, lrt = (a[:, :, None] for a in x)
+        s = jax.lax.dynamic_slice_in_dim(token_scale, pos, 1)
+        z, acc, st = seg(w, acc, qt, kt, vt, lrt, s, ln_scale, ln_bias)
+        done = pos == mini_batch_size - 1
+        w = jax.tree.map(lambda a, b: jnp.where(done, a, b), commit(w, acc, s[0]), w)
+        acc = jax.tree.map(lambda a: jnp.where(done, jnp.zeros_like(a), a), acc)
+        return (w, acc, (pos + 1) % mini_batch_size), (z[:, :, 0], st)
+
+    xs = tuple(jnp.moveaxis(a, 2, 0) for a in (q, k, v, lr))
+    (w, acc, pos), (z, st) = jax.lax.scan(step, (state.weights, state.acc, state.pos), xs)
+    st = jax.tree.map(lambda a: jnp.moveaxis(a, 0, -1), st) if stats else None
+    return jnp.moveaxis(z, 0, 2), TTTState(weights=w, acc=acc, pos=pos), st
