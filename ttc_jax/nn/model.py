@@ -1,0 +1,169 @@
+"""Blocks and the hybrid TTT / attention language model.
+
+Layers repeat `cfg.layer_pattern`; with `cfg.scan_layers` one period of the
+pattern is a `LayerGroup` whose parameters are stacked over the repeats and
+applied with `lax.scan`, so compile time does not grow with depth.
+
+Decoding: `init_cache` gives the state before the first token (KV caches,
+TTT inner states, convolution windows, the position). Calling the model with
+a cache on T >= 1 tokens returns the logits and the advanced cache; prefill
+and one-token steps are the same call.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from ttc_jax.nn.attention import Attention, init_kv_cache
+from ttc_jax.nn.config import ModelConfig
+from ttc_jax.nn.conv import CausalConv
+from ttc_jax.nn.mlp import SwiGLU
+from ttc_jax.nn.ttt_layer import TTTLayer, init_ttt_layer_cache
+
+
+class PreConv(nnx.Module):
+    """Mamba-backbone block input mixing: RMSNorm then depthwise causal conv."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.conv_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
+                                     param_dtype=jnp.float32, rngs=rngs)
+        self.conv1 = CausalConv(cfg.d_model, cfg.conv_width, init_std=cfg.init_std, rngs=rngs)
+
+    def __call__(self, h, window=None):
+        return self.conv1(self.conv_norm(h), window)
+
+
+def init_block_cache(cfg: ModelConfig, kind: str, batch: int, size: int) -> dict:
+    """Decoding state of one block before the first token."""
+    dtype = jnp.dtype(cfg.dtype)
+    if kind == "attention":
+        return {"seq": init_kv_cache(batch, size, cfg.n_heads, cfg.head_dim, dtype)}
+    cache = {"seq": init_ttt_layer_cache(cfg, batch)}
+    if cfg.backbone == "mamba":
+        cache["conv"] = jnp.zeros((batch, cfg.conv_width - 1, cfg.d_model), dtype)
+    return cache
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: [h += PreConv(h)]; h += Seq(norm h); h += SwiGLU(norm h)."""
+
+    def __init__(self, cfg: ModelConfig, kind: str, *, rngs: nnx.Rngs):
+        self.kind = kind
+        self.dtype = jnp.dtype(cfg.dtype)
+        norm = lambda: nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=self.dtype,
+                                   param_dtype=jnp.float32, rngs=rngs)
+        self.has_conv = kind != "attention" and cfg.backbone == "mamba"
+        if self.has_conv:
+            self.conv = PreConv(cfg, rngs=rngs)
+        self.seq_norm = norm()
+        if kind == "attention":
+            self.seq_modeling_block = Attention(cfg, rngs=rngs)
+        else:
+            self.seq_modeling_block = TTTLayer(cfg, kind, rngs=rngs)
+        self.ffn_norm = norm()
+        self.feed_forward = SwiGLU(cfg.d_model, cfg.ffn_dim, init_std=cfg.init_std, dtype=self.dtype, rngs=rngs)
+
+    def __call__(self, h, cache: dict | None, pos):
+        new_cache = {} if cache is not None else None
+        if self.has_conv:
+            c, window = self.conv(h, None if cache is None else cache["conv"])
+            h = h + c
+            if cache is not None:
+                new_cache["conv"] = window
+        y, seq_cache = self.seq_modeling_block(self.seq_norm(h), cache=None if cache is None else cache["seq"],
+                                               pos=pos)
+        h = h + y
+        if cache is not None:
+            new_cache["seq"] = seq_cache
+        h = h + self.feed_forward(self.ffn_norm(h))
+        return h.astype(self.dtype), new_cache
+
+
+class LayerGroup(nnx.Module):
+    """Consecutive blocks of the given kinds, applied in order."""
+
+    def __init__(self, cfg: ModelConfig, kinds: tuple[str, ...], *, rngs: nnx.Rngs):
+        self.blocks = nnx.List([Block(cfg, kind, rngs=rngs) for kind in kinds])
+
+    def __call__(self, h, caches: tuple | None, pos):
+        new = []
+        for i, block in enumerate(self.blocks):
+            h, c = block(h, None if caches is None else caches[i], pos)
+            new.append(c)
+        return h, (tuple(new) if caches is not None else None)
+
+
+class HybridLM(nnx.Module):
+    """Decoder-only LM mixing TTT-Linear, TTT-MLP and attention layers; tied embeddings."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(cfg.init_std),
+                               param_dtype=jnp.float32, rngs=rngs)
+        period = cfg.scan_period if cfg.scan_layers else None
+        self.n_groups = cfg.n_layers // period if period else None
+        if period:
+            @nnx.split_rngs(splits=self.n_groups)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make(rngs):
+                return LayerGroup(cfg, cfg.layer_pattern, rngs=rngs)
+            self.layers = make(rngs)
+        else:
+            self.layers = LayerGroup(cfg, cfg.layer_kinds, rngs=rngs)
+        self.ln_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, param_dtype=jnp.float32, rngs=rngs)
+
+    # -- decoding state --------------------------------------------------------
+
+    def init_cache(self, batch_size: int, cache_size: int | None = None) -> dict:
+        """State before the first token, for up to `cache_size` positions (attention KV caches)."""
+        size = cache_size or self.cfg.max_seq_len
+        if self.n_groups:
+            one = tuple(init_block_cache(self.cfg, k, batch_size, size) for k in self.cfg.layer_pattern)
+            layers = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.n_groups, *a.shape)), one)
+        else:
+            layers = tuple(init_block_cache(self.cfg, k, batch_size, size) for k in self.cfg.layer_kinds)
+        return {"pos": jnp.zeros((), jnp.int32), "layers": layers}
+
+    # -- forward ---------------------------------------------------------------
+
+    def __call__(self, tokens: Int[Array, "B T"], *, cache: dict | None = None):
+        """Logits [B, T, V] (float32); with a cache, (logits, advanced cache)."""
+        self._check_tokens(tokens)
+        cfg = self.cfg
+        pos = 0 if cache is None else cache["pos"]
+        h = self.embed(tokens).astype(jnp.dtype(cfg.dtype))
+        layer_cache = None if cache is None else cache["layers"]
+        if self.n_groups:
+            graphdef, params = nnx.split(self.layers)
+
+            def body(h, xs):
+                p, c = xs
+                return nnx.merge(graphdef, p)(h, c, pos)
+
+            if cfg.remat_layers:
+                body = jax.checkpoint(body, prevent_cse=False)
+            h, new_layers = jax.lax.scan(body, h, (params, layer_cache))
+        else:
+            h, new_layers = self.layers(h, layer_cache, pos)
+        logits = self.embed.attend(self.ln_f(h).astype(jnp.float32))
+        if cache is None:
+            return logits
+        return logits, {"pos": cache["pos"] + tokens.shape[1], "layers": new_layers}
+
+    def _check_tokens(self, tokens) -> None:
+        if getattr(tokens, "ndim", None) != 2:
+            raise ValueError(f"tokens has shape {tuple(getattr(tokens, 'shape', ()))}; expected [B, T]")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens has dtype {tokens.dtype}; expected an integer dtype")
+        if tokens.shape[1] == 0:
+            raise ValueError("tokens has T=0 tokens; expected T >= 1")
+        if not isinstance(tokens, jax.core.Tracer):
+            t = np.asarray(tokens)
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= self.cfg.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"tokens contains id {bad} outside the vocabulary [0, {self.cfg.vocab_size})")

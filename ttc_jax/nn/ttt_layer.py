@@ -1,0 +1,112 @@
+"""The TTT sequence-modelling layer (TTT-Linear or TTT-MLP) as an NNX module.
+
+Projections, RoPE at positions t mod K, learnable token rates and row factors,
+the inner loop from `ttc_jax.ttt`, post-norm, and (Mamba backbone) the q/k
+convolutions and the output gate. See ttt-math.md §1-5.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+from jaxtyping import Array, Float
+
+from ttc_jax.nn.config import TTT_KINDS, ModelConfig
+from ttc_jax.nn.conv import CausalConv
+from ttc_jax.nn.rope import apply_rope
+from ttc_jax.ttt import LEARNERS, gelu_tanh, ttt
+
+
+def init_ttt_layer_cache(cfg: ModelConfig, batch: int) -> dict:
+    """Decoding state before the first token: a fresh inner state (None), zero conv windows."""
+    cache = {"state": None}
+    if cfg.backbone == "mamba":
+        window = jnp.zeros((batch, cfg.conv_width - 1, cfg.d_model), jnp.dtype(cfg.dtype))
+        cache["conv_q"], cache["conv_k"] = window, window
+    return cache
+
+
+class TTTLayer(nnx.Module):
+    """y = wo(post_norm(ttt(q, k, v)) [* gelu(wg x)]) for x [B, T, D]."""
+
+    def __init__(self, cfg: ModelConfig, kind: str, *, rngs: nnx.Rngs):
+        if kind not in TTT_KINDS:
+            raise ValueError(f"TTTLayer: kind={kind!r}; expected one of {TTT_KINDS}")
+        self.kind = kind
+        self.mamba = cfg.backbone == "mamba"
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.mini_batch_size = cfg.mini_batch_size
+        self.base_lr = cfg.base_lr(kind)
+        self.rope_theta = cfg.rope_theta
+        self.remat_group = cfg.remat_group
+        self.impl = cfg.ttt_impl
+        self.eps = cfg.norm_eps
+        self.dtype = jnp.dtype(cfg.dtype)
+        D, H, F, K = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.mini_batch_size
+        normal = nnx.initializers.normal(cfg.init_std)
+        lin = dict(use_bias=False, kernel_init=normal, dtype=self.dtype, param_dtype=jnp.float32, rngs=rngs)
+
+        self.wq = nnx.Linear(D, D, **lin)
+        if self.mamba:
+            self.conv_q = CausalConv(D, cfg.conv_width, init_std=cfg.init_std, rngs=rngs)
+            self.conv_k = CausalConv(D, cfg.conv_width, init_std=cfg.init_std, rngs=rngs)
+            self.wg = nnx.Linear(D, D, **lin)
+        else:
+            self.wk = nnx.Linear(D, D, **lin)
+        self.wv = nnx.Linear(D, D, **lin)
+        self.wo = nnx.Linear(D, D, **lin)
+
+        self.learnable_token_idx = nnx.Param(jnp.zeros((K,), jnp.float32))
+        self.ttt_lr_weight = nnx.Param(normal(rngs.params(), (H, D), jnp.float32))
+        self.ttt_lr_bias = nnx.Param(jnp.zeros((H,), jnp.float32))
+        self.ttt_norm_scale = nnx.Param(jnp.ones((H, F), jnp.float32))
+        self.ttt_norm_bias = nnx.Param(jnp.zeros((H, F), jnp.float32))
+        shapes = LEARNERS[kind].weight_shapes(H, F)
+        self.fast_weights = nnx.Dict({
+            n: nnx.Param(normal(rngs.params(), s, jnp.float32) if n.startswith("w") else jnp.zeros(s, jnp.float32))
+            for n, s in shapes.items()})
+        self.post_norm = nnx.LayerNorm(D, epsilon=cfg.norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
+                                       rngs=rngs)
+
+    def token_scale(self) -> Float[Array, " K"]:
+        """Row factors s_i = max(0, 1/(i+1) + a_i)."""
+        base = 1.0 / jnp.arange(1, self.mini_batch_size + 1, dtype=jnp.float32)
+        return jnp.maximum(base + self.learnable_token_idx[...], 0.0)
+
+    def __call__(self, x: Float[Array, "B T D"], *, cache: dict | None = None, pos=0,
+                 return_stats: bool = False):
+        """Returns (y [B, T, D], new cache or None[, stats])."""
+        B, T, _ = x.shape
+        H, F, K = self.n_heads, self.head_dim, self.mini_batch_size
+        x = x.astype(self.dtype)
+        cache = cache if cache is not None else {}
+        new_cache = {}
+        if self.mamba:
+            xqk = self.wq(x)
+            q, new_cache["conv_q"] = self.conv_q(xqk, cache.get("conv_q"))
+            k, new_cache["conv_k"] = self.conv_k(xqk, cache.get("conv_k"))
+        else:
+            q, k = self.wq(x), self.wk(x)
+        v = self.wv(x)
+        positions = (jnp.asarray(pos, jnp.int32) + jnp.arange(T, dtype=jnp.int32)) % K
+        split = lambda a: a.reshape(B, T, H, F)
+        q = apply_rope(split(q), positions, self.rope_theta)
+        k = apply_rope(split(k), positions, self.rope_theta)
+        q, k, v = (rearrange(a, "b t h f -> b h t f") for a in (q, k, split(v)))
+
+        logits = jnp.einsum("btd,hd->bht", x.astype(jnp.float32), self.ttt_lr_weight[...])
+        lr = self.base_lr * jax.nn.sigmoid(logits + self.ttt_lr_bias[...][None, :, None]) / F
+
+        out = ttt(self.kind, q, k, v, lr, self.token_scale(),
+                  {n: p[...] for n, p in self.fast_weights.items()},
+                  self.ttt_norm_scale[...], self.ttt_norm_bias[...],
+                  mini_batch_size=K, state=cache.get("state"), impl=self.impl,
+                  remat_group=self.remat_group, return_stats=return_stats, eps=self.eps)
+        z, new_cache["state"] = out[0], out[1]
+        o = self.post_norm(rearrange(z, "b h t f -> b t (h f)"))
+        if self.mamba:
+            o = gelu_tanh(self.wg(x)) * o
+        y = self.wo(o.astype(self.dtype))
+        return (y, new_cache, out[2]) if return_stats else (y, new_cache)
