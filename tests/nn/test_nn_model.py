@@ -45,7 +45,7 @@ DECODE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(DECODE_CASES))
 def test_decode_token_by_token_equals_full_pass(case):
-    """Prefill a prefix (K=8: mid mini-batch), then one jitted step per token."""
+    """Prefill a prefix (K=8: mid mini-batch), an eager multi-token chunk, then one jitted step per token."""
     cfg = DECODE_CASES[case]
     model = HybridLM(cfg, rngs=nnx.Rngs(1))
     tokens = tokens_for(cfg)
@@ -54,7 +54,9 @@ def test_decode_token_by_token_equals_full_pass(case):
     for prefix in (5,) if case != "hybrid" else (1, 11):
         logits, cache = model(tokens[:, :prefix], cache=model.init_cache(2, 24))
         outs = [logits]
-        for t in range(prefix, tokens.shape[1]):
+        logits, cache = model(tokens[:, prefix:prefix + 6], cache=cache)
+        outs.append(logits)
+        for t in range(prefix + 6, tokens.shape[1]):
             logits, cache = step(model, tokens[:, t:t + 1], cache)
             outs.append(logits)
         np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-4, atol=1e-5)

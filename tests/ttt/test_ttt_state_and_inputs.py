@@ -89,7 +89,8 @@ def test_stats_match_direct_computation(kind):
     q, k, v, lr, ts, w, ln_s, ln_b = args
     learner = LEARNERS[kind]
     z, state, stats = ttt(kind, *args, impl="xla", return_stats=True)
-    assert set(stats) == {"loss_before", "loss_after", "last_token_loss", "delta_norm"}
+    assert set(stats) == {"loss_before", "loss_after", "last_token_loss_before", "last_token_loss_after",
+                          "delta_norm"}
     assert stats["loss_before"].shape == (2, 3, 3)  # mini-batches of 16, 16 and a short 8
     # weights at every segment boundary, from the reference run on prefixes
     starts = [0, 16, 32]
@@ -103,7 +104,8 @@ def test_stats_match_direct_computation(kind):
         after = per_head(w1, k[:, :, a:b], v[:, :, a:b], ln_s, ln_b, 1e-6)
         np.testing.assert_allclose(stats["loss_before"][..., i], before.mean(-1), rtol=1e-4)
         np.testing.assert_allclose(stats["loss_after"][..., i], after.mean(-1), rtol=1e-4)
-        np.testing.assert_allclose(stats["last_token_loss"][..., i], after[..., -1], rtol=1e-4)
+        np.testing.assert_allclose(stats["last_token_loss_before"][..., i], before[..., -1], rtol=1e-4)
+        np.testing.assert_allclose(stats["last_token_loss_after"][..., i], after[..., -1], rtol=1e-4)
         drift = jnp.sqrt(sum(((w1[n] - w0[n]) ** 2).sum((-1, -2)) for n in w))
         np.testing.assert_allclose(stats["delta_norm"][..., i], drift, rtol=1e-4)
     # the inner loop learns: the loss after an update is below the loss before it

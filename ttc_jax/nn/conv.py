@@ -17,12 +17,14 @@ class CausalConv(nnx.Module):
     chunks equal one call on the whole sequence.
     """
 
-    def __init__(self, channels: int, width: int = 4, *, init_std: float = 0.02, rngs: nnx.Rngs):
+    def __init__(self, channels: int, width: int = 4, *, kernel_init=nnx.initializers.lecun_normal(),
+                 rngs: nnx.Rngs):
         if width < 1 or channels < 1:
             raise ValueError(f"CausalConv: channels and width must be >= 1, got channels={channels}, width={width}")
         self.channels = channels
         self.width = width
-        self.kernel = nnx.Param(nnx.initializers.normal(init_std)(rngs.params(), (width, channels), jnp.float32))
+        # lecun_normal on [width, channels] has fan_in = width, as flax's depthwise nn.Conv
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (width, channels), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
 
     def init_window(self, batch: int, dtype=jnp.float32) -> Float[Array, "b w1 c"]:

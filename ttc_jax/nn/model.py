@@ -31,7 +31,7 @@ class PreConv(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.conv_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
                                      param_dtype=jnp.float32, rngs=rngs)
-        self.conv1 = CausalConv(cfg.d_model, cfg.conv_width, init_std=cfg.init_std, rngs=rngs)
+        self.conv1 = CausalConv(cfg.d_model, cfg.conv_width, rngs=rngs)
 
     def __call__(self, h, window=None):
         return self.conv1(self.conv_norm(h), window)

@@ -7,6 +7,8 @@ convolutions and the output gate. See ttt-math.md §1-5.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from einops import rearrange
@@ -50,8 +52,8 @@ class TTTLayer(nnx.Module):
 
         self.wq = nnx.Linear(D, D, **lin)
         if self.mamba:
-            self.conv_q = CausalConv(D, cfg.conv_width, init_std=cfg.init_std, rngs=rngs)
-            self.conv_k = CausalConv(D, cfg.conv_width, init_std=cfg.init_std, rngs=rngs)
+            self.conv_q = CausalConv(D, cfg.conv_width, rngs=rngs)
+            self.conv_k = CausalConv(D, cfg.conv_width, rngs=rngs)
             self.wg = nnx.Linear(D, D, **lin)
         else:
             self.wk = nnx.Linear(D, D, **lin)
@@ -63,10 +65,12 @@ class TTTLayer(nnx.Module):
         self.ttt_lr_bias = nnx.Param(jnp.zeros((H,), jnp.float32))
         self.ttt_norm_scale = nnx.Param(jnp.ones((H, F), jnp.float32))
         self.ttt_norm_bias = nnx.Param(jnp.zeros((H, F), jnp.float32))
-        shapes = LEARNERS[kind].weight_shapes(H, F)
+        # initial fast weights W0; as published, W2 of TTT-MLP is scaled down by sqrt(2 * n_layers)
+        stds = {"w1": cfg.init_std, "w2": cfg.init_std / (2 * cfg.n_layers) ** 0.5}
         self.fast_weights = nnx.Dict({
-            n: nnx.Param(normal(rngs.params(), s, jnp.float32) if n.startswith("w") else jnp.zeros(s, jnp.float32))
-            for n, s in shapes.items()})
+            n: nnx.Param(nnx.initializers.normal(stds[n])(rngs.params(), s, jnp.float32) if n in stds
+                         else jnp.zeros(s, jnp.float32))
+            for n, s in LEARNERS[kind].weight_shapes(H, F).items()})
         self.post_norm = nnx.LayerNorm(D, epsilon=cfg.norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
                                        rngs=rngs)
 
@@ -74,6 +78,12 @@ class TTTLayer(nnx.Module):
         """Row factors s_i = max(0, 1/(i+1) + a_i)."""
         base = 1.0 / jnp.arange(1, self.mini_batch_size + 1, dtype=jnp.float32)
         return jnp.maximum(base + self.learnable_token_idx[...], 0.0)
+
+    def _state_with_static_pos(self, state, pos):
+        """A carried state whose position is known when `pos` is (keeps the fast path under a layer scan)."""
+        if state is None or isinstance(pos, jax.core.Tracer):
+            return state
+        return dataclasses.replace(state, pos=jnp.asarray(int(pos) % self.mini_batch_size, jnp.int32))
 
     def __call__(self, x: Float[Array, "B T D"], *, cache: dict | None = None, pos=0,
                  return_stats: bool = False):
@@ -102,7 +112,7 @@ class TTTLayer(nnx.Module):
         out = ttt(self.kind, q, k, v, lr, self.token_scale(),
                   {n: p[...] for n, p in self.fast_weights.items()},
                   self.ttt_norm_scale[...], self.ttt_norm_bias[...],
-                  mini_batch_size=K, state=cache.get("state"), impl=self.impl,
+                  mini_batch_size=K, state=self._state_with_static_pos(cache.get("state"), pos), impl=self.impl,
                   remat_group=self.remat_group, return_stats=return_stats, eps=self.eps)
         z, new_cache["state"] = out[0], out[1]
         o = self.post_norm(rearrange(z, "b h t f -> b t (h f)"))

@@ -117,10 +117,14 @@ def ttt_linear(q: Float[Array, "B H T F"], k: Float[Array, "B H T F"], v: Float[
 
     lr holds the token rates already scaled (base_lr * sigmoid(.) / F), so that
     eta[i, j] = token_scale[i] * lr[j] inside each mini-batch of K tokens.
-    Returns (z [B, H, T, F], state), plus per-segment stats when return_stats:
-    {"loss_before", "loss_after", "last_token_loss", "delta_norm"}, each
-    [B, H, n_segments] (a segment is a mini-batch, or the part of one that
-    this call saw).
+    Returns (z [B, H, T, F], state), plus per-segment stats when return_stats,
+    each [B, H, n_segments] (a segment is a mini-batch, or the part of one that
+    this call saw): the inner loss 1/2 ||LN(f(k)) - (v - k)||^2 averaged over
+    the segment's tokens at the weights before ("loss_before") and after
+    ("loss_after") its update, the same on its last token alone
+    ("last_token_loss_before", "last_token_loss_after"; ttt-lm-jax's
+    ttt_loss_mse_step_0/1 up to the factor 2/F), and the Frobenius norm of
+    the weight change ("delta_norm").
     """
     return _ttt(LINEAR, q, k, v, lr, token_scale, weights, ln_scale, ln_bias,
                 mini_batch_size=mini_batch_size, state=state, impl=impl,

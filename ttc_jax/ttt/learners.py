@@ -135,10 +135,12 @@ class Learner:
             target = v - k
             w_end = commit(w, new_acc, s[-1])
             loss_end = ln_l2_loss(self.apply(w_end, k), target, ln_scale, ln_bias, eps)
+            loss_start = ln_l2_loss(z_k, target, ln_scale, ln_bias, eps)
             st = {
-                "loss_before": ln_l2_loss(z_k, target, ln_scale, ln_bias, eps).mean(),
+                "loss_before": loss_start.mean(),
                 "loss_after": loss_end.mean(),
-                "last_token_loss": loss_end[-1],
+                "last_token_loss_before": loss_start[-1],
+                "last_token_loss_after": loss_end[-1],
                 "delta_norm": jnp.abs(s[-1]) * jnp.sqrt(sum((a**2).sum() for a in new_acc.values())),
             }
         return out, new_acc, st
