@@ -1,0 +1,24 @@
+"""The benchmark scripts run end to end at tiny sizes and write well-formed results."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ttt_layer_benchmark_quick(tmp_path):
+    result = load("ttt_layer").main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads(next(tmp_path.glob("ttt_layer_*.json")).read_text())
+    assert saved["shape"] == {"B": 1, "H": 2, "F": 8, "K": 8}
+    assert len(saved["results"]) == 2 * 2 * 2 * 2  # learners x lengths x modes x impls
+    assert all(r["tokens_per_s"] > 0 for r in saved["results"])
+    assert len(result["speedup"]) == 8
+    assert next(tmp_path.glob("ttt_layer_*.png")).stat().st_size > 0

@@ -1,0 +1,28 @@
+"""The `ttc` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ttc_jax import demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttc", description="ttc-jax: test-time compute in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # bad input: one line, non-zero exit
+        print(f"ttc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
