@@ -128,3 +128,17 @@ def test_bad_model_inputs_give_clear_errors():
         ModelConfig(d_model=100, n_heads=3)
     with pytest.raises(ValueError, match=r"mini_batch_size must be a positive int, got 0"):
         get_config("tiny-ttt-linear", mini_batch_size=0)
+
+
+def _program_size(cfg):
+    graphdef, state = nnx.split(HybridLM(cfg, rngs=nnx.Rngs(0)))
+    fn = lambda state, tokens: nnx.merge(graphdef, state)(tokens)
+    return len(str(jax.make_jaxpr(fn)(state, tokens_for(cfg, T=8))))
+
+
+def test_scan_over_layers_keeps_program_size_constant_in_depth():
+    """With scan_layers the traced program does not grow with depth (so neither does compile time)."""
+    shallow, deep = (get_config("tiny-hybrid", n_layers=n) for n in (4, 16))
+    assert _program_size(deep) == _program_size(shallow)
+    unscanned = _program_size(shallow.replace(scan_layers=False, n_layers=8))
+    assert unscanned > 1.5 * _program_size(shallow.replace(scan_layers=False))
