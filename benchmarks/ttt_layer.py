@@ -123,7 +123,7 @@ def main(argv=None):
     p.add_argument("--name", default="ttt_layer")
     a = p.parse_args(argv)
     if a.quick:
-        a.lengths, a.heads, a.head_dim, a.mini_batch, a.repeats = [20, 40], 2, 8, 8, 1
+        a.lengths, a.heads, a.head_dim, a.mini_batch, a.repeats = [20], 2, 8, 8, 1
     rows = run(a.lengths, a.batch, a.heads, a.head_dim, a.mini_batch, ["ttt_linear", "ttt_mlp"],
                ["xla", "reference"], ["forward", "forward_backward"], a.repeats)
     result = {

@@ -120,6 +120,8 @@ def test_bad_model_inputs_give_clear_errors():
         model(jnp.array([1, 2, 3]))
     with pytest.raises(ValueError, match=r"tokens has dtype float32"):
         model(jnp.ones((1, 3)))
+    with pytest.raises(ValueError, match=r"TTTLayer: x has shape \(1, 3, 32\); expected \[B, T, D=64\]"):
+        model.layers.blocks[0].seq_modeling_block(jnp.ones((1, 3, 32)))
     with pytest.raises(ValueError, match=r"unknown preset name='ttt-linear-7b'"):
         get_config("ttt-linear-7b")
     with pytest.raises(ValueError, match=r"unknown layer kind 'mamba2'"):

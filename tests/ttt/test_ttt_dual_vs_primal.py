@@ -32,7 +32,7 @@ def test_dual_equals_primal_float64(kind, T):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("T", [17, 40])
+@pytest.mark.parametrize("T", [1, 15, 16, 17, 100])
 def test_gradients_dual_equal_primal_float64(kind, T):
     """d/d(every input and weight) of a random projection of z and the final state."""
     with jax.enable_x64(True):
@@ -53,5 +53,5 @@ def test_gradients_dual_equal_primal_float64(kind, T):
         g = jax.grad(objective("xla"), argnums=argnums)(*args)
         g_ref = jax.grad(objective("reference"), argnums=argnums)(*args)
         for gi, gr in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
-            assert np.all(np.abs(np.asarray(gr)) > 0).any()
+            assert np.abs(np.asarray(gr)).max() > 0
             assert rel_err(gi, gr) < 1e-10

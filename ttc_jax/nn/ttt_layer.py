@@ -88,6 +88,9 @@ class TTTLayer(nnx.Module):
     def __call__(self, x: Float[Array, "B T D"], *, cache: dict | None = None, pos=0,
                  return_stats: bool = False):
         """Returns (y [B, T, D], new cache or None[, stats])."""
+        D = self.n_heads * self.head_dim
+        if x.ndim != 3 or x.shape[-1] != D:
+            raise ValueError(f"TTTLayer: x has shape {tuple(x.shape)}; expected [B, T, D={D}]")
         B, T, _ = x.shape
         H, F, K = self.n_heads, self.head_dim, self.mini_batch_size
         x = x.astype(self.dtype)
