@@ -144,3 +144,27 @@ def test_scan_over_layers_keeps_program_size_constant_in_depth():
     assert _program_size(deep) == _program_size(shallow)
     unscanned = _program_size(shallow.replace(scan_layers=False, n_layers=8))
     assert unscanned > 1.5 * _program_size(shallow.replace(scan_layers=False))
+
+
+def test_inner_loss_stats_per_ttt_layer():
+    """Stats come back for every TTT layer (not attention), scanned or not, and agree between the two."""
+    cfg = get_config("tiny-hybrid")  # layers: ttt_linear, ttt_mlp, ttt_linear, attention; K=8
+    model = HybridLM(cfg, rngs=nnx.Rngs(7))
+    tokens = tokens_for(cfg, T=20)
+    logits, stats = model(tokens, return_ttt_stats=True)
+    np.testing.assert_allclose(logits, model(tokens), rtol=1e-5, atol=1e-6)
+    assert sorted(stats) == [0, 1, 2]
+    for st in stats.values():
+        assert st["loss_before"].shape == (2, cfg.n_heads, 3)  # mini-batches of 8, 8 and 4
+        assert bool(jnp.isfinite(st["loss_after"]).all())
+    # the same layers through the unscanned path
+    plain = HybridLM(cfg.replace(scan_layers=False), rngs=nnx.Rngs(8))
+    stacked = nnx.state(model.layers, nnx.Param)
+    for j, block in enumerate(plain.layers.blocks):
+        nnx.update(block, jax.tree.map(lambda a: a[0], stacked["blocks"][j]))
+    nnx.update(plain.embed, nnx.state(model.embed))
+    _, plain_stats = plain(tokens, return_ttt_stats=True)
+    for i in stats:
+        np.testing.assert_allclose(plain_stats[i]["loss_before"], stats[i]["loss_before"], rtol=1e-5)
+    _, cache, stats_with_cache = model(tokens, cache=model.init_cache(2, 24), return_ttt_stats=True)
+    assert int(cache["pos"]) == 20 and sorted(stats_with_cache) == [0, 1, 2]

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jax_core
 
 from conftest import make_ttt_inputs
 from ttc_jax.ttt import LEARNERS, TTTState, ttt, ttt_linear, ttt_mlp
@@ -155,3 +156,32 @@ def test_bad_inputs_give_clear_errors():
     _expect_error(r"state.weights\['w1'\] has shape \(1, 3, 8, 8\); expected \(2, 3, 8, 8\)", state=bad_state)
     with pytest.raises(ValueError, match="kind='ttt_conv'"):
         ttt("ttt_conv", q, k, v, lr, ts, w, ln_s, ln_b)
+
+
+def _scan_lengths(fn, *args):
+    """Lengths of every lax.scan in the traced program (nested ones included)."""
+    lengths = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                lengths.append(eqn.params["length"])
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                walk(sub)
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return lengths
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_path_under_jit(kind):
+    """Inside jit, a fresh or statically positioned state scans mini-batches, not tokens."""
+    args = make_ttt_inputs(kind, T=64, seed=10)
+    fresh = lambda *a: ttt(kind, *a, impl="xla", remat_group=2)
+    assert max(_scan_lengths(fresh, *args)) == 2  # 4 mini-batches in groups of 2
+
+    def split_in_jit(*a):  # two calls inside one trace: the second continues statically
+        _, state = ttt(kind, *_slice(a, 0, 20), impl="xla")
+        return ttt(kind, *_slice(a, 20, 64), impl="xla", state=state, remat_group=0)
+    assert max(_scan_lengths(split_in_jit, *args)) == 2  # (64 - 32) / 16 full mini-batches
+    np.testing.assert_allclose(jax.jit(split_in_jit)(*args)[0], jax.jit(fresh)(*args)[0][:, :, 20:],
+                               rtol=2e-5, atol=2e-5)

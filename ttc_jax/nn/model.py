@@ -67,20 +67,26 @@ class Block(nnx.Module):
         self.ffn_norm = norm()
         self.feed_forward = SwiGLU(cfg.d_model, cfg.ffn_dim, init_std=cfg.init_std, dtype=self.dtype, rngs=rngs)
 
-    def __call__(self, h, cache: dict | None, pos):
+    def __call__(self, h, cache: dict | None, pos, return_stats: bool = False):
+        """(h, new cache or None, inner-loss stats of a TTT layer or None)."""
         new_cache = {} if cache is not None else None
         if self.has_conv:
             c, window = self.conv(h, None if cache is None else cache["conv"])
             h = h + c
             if cache is not None:
                 new_cache["conv"] = window
-        y, seq_cache = self.seq_modeling_block(self.seq_norm(h), cache=None if cache is None else cache["seq"],
-                                               pos=pos)
+        seq_cache = None if cache is None else cache["seq"]
+        stats = None
+        if return_stats and self.kind != "attention":
+            y, seq_cache, stats = self.seq_modeling_block(self.seq_norm(h), cache=seq_cache, pos=pos,
+                                                          return_stats=True)
+        else:
+            y, seq_cache = self.seq_modeling_block(self.seq_norm(h), cache=seq_cache, pos=pos)
         h = h + y
         if cache is not None:
             new_cache["seq"] = seq_cache
         h = h + self.feed_forward(self.ffn_norm(h))
-        return h.astype(self.dtype), new_cache
+        return h.astype(self.dtype), new_cache, stats
 
 
 class LayerGroup(nnx.Module):
@@ -89,12 +95,13 @@ class LayerGroup(nnx.Module):
     def __init__(self, cfg: ModelConfig, kinds: tuple[str, ...], *, rngs: nnx.Rngs):
         self.blocks = nnx.List([Block(cfg, kind, rngs=rngs) for kind in kinds])
 
-    def __call__(self, h, caches: tuple | None, pos):
-        new = []
+    def __call__(self, h, caches: tuple | None, pos, return_stats: bool = False):
+        new, stats = [], []
         for i, block in enumerate(self.blocks):
-            h, c = block(h, None if caches is None else caches[i], pos)
+            h, c, st = block(h, None if caches is None else caches[i], pos, return_stats)
             new.append(c)
-        return h, (tuple(new) if caches is not None else None)
+            stats.append(st)
+        return h, (tuple(new) if caches is not None else None), tuple(stats)
 
 
 class HybridLM(nnx.Module):
@@ -130,8 +137,10 @@ class HybridLM(nnx.Module):
 
     # -- forward ---------------------------------------------------------------
 
-    def __call__(self, tokens: Int[Array, "B T"], *, cache: dict | None = None):
-        """Logits [B, T, V] (float32); with a cache, (logits, advanced cache)."""
+    def __call__(self, tokens: Int[Array, "B T"], *, cache: dict | None = None,
+                 return_ttt_stats: bool = False):
+        """Logits [B, T, V] (float32), then the advanced cache if one was given, then the
+        inner-loss stats if asked: {layer index: stats of `ttc_jax.ttt.ttt_linear`} for TTT layers."""
         self._check_tokens(tokens)
         cfg = self.cfg
         pos = 0 if cache is None else cache["pos"]
@@ -142,17 +151,25 @@ class HybridLM(nnx.Module):
 
             def body(h, xs):
                 p, c = xs
-                return nnx.merge(graphdef, p)(h, c, pos)
+                h, c, st = nnx.merge(graphdef, p)(h, c, pos, return_ttt_stats)
+                return h, (c, st)
 
             if cfg.remat_layers:
                 body = jax.checkpoint(body, prevent_cse=False)
-            h, new_layers = jax.lax.scan(body, h, (params, layer_cache))
+            h, (new_layers, group_stats) = jax.lax.scan(body, h, (params, layer_cache))
+            period = len(cfg.layer_pattern)
+            stats = {g * period + j: jax.tree.map(lambda a: a[g], st)
+                     for j, st in enumerate(group_stats) if st is not None for g in range(self.n_groups)}
         else:
-            h, new_layers = self.layers(h, layer_cache, pos)
+            h, new_layers, layer_stats = self.layers(h, layer_cache, pos, return_ttt_stats)
+            stats = {i: st for i, st in enumerate(layer_stats) if st is not None}
         logits = self.embed.attend(self.ln_f(h).astype(jnp.float32))
-        if cache is None:
-            return logits
-        return logits, {"pos": cache["pos"] + tokens.shape[1], "layers": new_layers}
+        out = (logits,)
+        if cache is not None:
+            out += ({"pos": cache["pos"] + tokens.shape[1], "layers": new_layers},)
+        if return_ttt_stats:
+            out += (dict(sorted(stats.items())),)
+        return out[0] if len(out) == 1 else out
 
     def _check_tokens(self, tokens) -> None:
         if getattr(tokens, "ndim", None) != 2:

@@ -83,7 +83,7 @@ class TTTLayer(nnx.Module):
         """A carried state whose position is known when `pos` is (keeps the fast path under a layer scan)."""
         if state is None or isinstance(pos, jax.core.Tracer):
             return state
-        return dataclasses.replace(state, pos=jnp.asarray(int(pos) % self.mini_batch_size, jnp.int32))
+        return dataclasses.replace(state, pos=int(pos) % self.mini_batch_size)
 
     def __call__(self, x: Float[Array, "B T D"], *, cache: dict | None = None, pos=0,
                  return_stats: bool = False):

@@ -104,7 +104,7 @@ def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, 
         p = r
 
     z = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
-    new_state = TTTState(weights=w, acc=acc, pos=jnp.asarray(p, jnp.int32))
+    new_state = TTTState(weights=w, acc=acc, pos=p)  # static: the fast path continues inside jit too
     all_stats = None
     if stats:
         all_stats = jax.tree.map(lambda *a: jnp.concatenate(a, axis=-1), *stat_parts)
@@ -127,6 +127,7 @@ def _tokenwise(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps,
         return (w, acc, (pos + 1) % mini_batch_size), (z[:, :, 0], st)
 
     xs = tuple(jnp.moveaxis(a, 2, 0) for a in (q, k, v, lr))
-    (w, acc, pos), (z, st) = jax.lax.scan(step, (state.weights, state.acc, state.pos), xs)
+    carry = (state.weights, state.acc, jnp.asarray(state.pos, jnp.int32))
+    (w, acc, pos), (z, st) = jax.lax.scan(step, carry, xs)
     st = jax.tree.map(lambda a: jnp.moveaxis(a, 0, -1), st) if stats else None
     return jnp.moveaxis(z, 0, 2), TTTState(weights=w, acc=acc, pos=pos), st

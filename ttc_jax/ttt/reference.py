@@ -43,5 +43,6 @@ def primal(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale
 
     per_head = jax.vmap(one_head, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None))
     per_example = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))
-    z, w, acc, pos = per_example(state.weights, state.acc, q, k, v, lr, ln_scale, ln_bias, state.pos)
+    z, w, acc, pos = per_example(state.weights, state.acc, q, k, v, lr, ln_scale, ln_bias,
+                                 jnp.asarray(state.pos, jnp.int32))
     return z, TTTState(weights=w, acc=acc, pos=pos[0, 0])

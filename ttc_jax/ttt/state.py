@@ -16,12 +16,15 @@ class TTTState:
     weights: {"w1": [B, H, ...], "b1": ...}, committed at mini-batch ends.
     acc:     same shapes: sum of lr_j * grad_j over the tokens of the current,
              unfinished mini-batch (zeros when pos == 0).
-    pos:     int32 scalar, tokens already seen in the current mini-batch (0..K-1).
+    pos:     tokens already seen in the current mini-batch (0..K-1): an int32
+             scalar array, or a Python int when the caller knows it statically
+             (arrays created inside `jit` are traced, so a known position keeps
+             the mini-batch fast path there).
     """
 
     weights: dict[str, jax.Array]
     acc: dict[str, jax.Array]
-    pos: jax.Array
+    pos: jax.Array | int
 
     @property
     def batch_size(self) -> int:
@@ -46,3 +49,9 @@ def static_pos(state: TTTState | None) -> int | None:
     if isinstance(state.pos, jax.core.Tracer):
         return None
     return int(state.pos)
+
+
+def fresh_state(weights: dict[str, jax.Array], batch_size: int, dtype=jnp.float32) -> TTTState:
+    """`init_state` with the position as a static 0."""
+    state = init_state(weights, batch_size, dtype)
+    return dataclasses.replace(state, pos=0)
