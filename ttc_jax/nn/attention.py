@@ -17,6 +17,7 @@ from jaxtyping import Array, Float, Int
 
 from ttc_jax.nn.config import ModelConfig
 from ttc_jax.nn.rope import apply_rope
+from ttc_jax.ttt.tracing import is_traced
 
 
 @struct.dataclass
@@ -112,7 +113,7 @@ class Attention(nnx.Module):
             if arr.shape != expected:
                 raise ValueError(f"Attention: {name} must have shape [B={B}, S, H={self.n_heads}, "
                                  f"F={self.head_dim}], got {tuple(arr.shape)}")
-        if not isinstance(pos, jax.core.Tracer):
+        if not is_traced(pos):
             p = int(pos)
             if p < 0 or p + T > cache.size:
                 raise ValueError(f"Attention: pos={p} with T={T} new tokens needs slots {p}..{p + T - 1}, "

@@ -23,6 +23,7 @@ from ttc_jax.nn.config import ModelConfig
 from ttc_jax.nn.conv import CausalConv
 from ttc_jax.nn.mlp import SwiGLU
 from ttc_jax.nn.ttt_layer import TTTLayer, init_ttt_layer_cache
+from ttc_jax.ttt.tracing import is_traced
 
 
 class PreConv(nnx.Module):
@@ -178,7 +179,7 @@ class HybridLM(nnx.Module):
             raise ValueError(f"tokens has dtype {tokens.dtype}; expected an integer dtype")
         if tokens.shape[1] == 0:
             raise ValueError("tokens has T=0 tokens; expected T >= 1")
-        if not isinstance(tokens, jax.core.Tracer):
+        if not is_traced(tokens):
             t = np.asarray(tokens)
             lo, hi = int(t.min()), int(t.max())
             if lo < 0 or hi >= self.cfg.vocab_size:

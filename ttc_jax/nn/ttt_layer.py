@@ -19,6 +19,7 @@ from ttc_jax.nn.config import TTT_KINDS, ModelConfig
 from ttc_jax.nn.conv import CausalConv
 from ttc_jax.nn.rope import apply_rope
 from ttc_jax.ttt import LEARNERS, gelu_tanh, ttt
+from ttc_jax.ttt.tracing import is_traced
 
 
 def init_ttt_layer_cache(cfg: ModelConfig, batch: int) -> dict:
@@ -81,7 +82,7 @@ class TTTLayer(nnx.Module):
 
     def _state_with_static_pos(self, state, pos):
         """A carried state whose position is known when `pos` is (keeps the fast path under a layer scan)."""
-        if state is None or isinstance(pos, jax.core.Tracer):
+        if state is None or is_traced(pos):
             return state
         return dataclasses.replace(state, pos=int(pos) % self.mini_batch_size)
 

@@ -28,10 +28,11 @@ def float_array(name: str, value: Any, *, positive: bool = False, ndim: int | No
     bad = ~np.isfinite(arr)
     if bad.any():
         i = np.flatnonzero(bad.ravel())[0]
-        raise ValueError(f"{name} contains non-finite value {arr.ravel()[i]!r} at index {i}; expected finite numbers")
+        raise ValueError(f"{name} contains non-finite value {float(arr.ravel()[i])!r} at index {i}; "
+                         "expected finite numbers")
     if positive and (arr <= 0).any():
         i = np.flatnonzero((arr <= 0).ravel())[0]
-        raise ValueError(f"{name} contains {arr.ravel()[i]!r} at index {i}; expected values > 0")
+        raise ValueError(f"{name} contains {float(arr.ravel()[i])!r} at index {i}; expected values > 0")
     return arr
 
 

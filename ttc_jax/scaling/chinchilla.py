@@ -54,9 +54,32 @@ def huber(r, delta: float):
 
 
 def _objective(p: Float[Array, " 5"], logN, logD, logL, w, delta: float):
+    """Huber objective of one lane (the definition; `_value_and_grad` is what the solver calls)."""
     a, b, e, alpha, beta = p
     pred = jax.nn.logsumexp(jnp.stack([a - alpha * logN, b - beta * logD, jnp.broadcast_to(e, logN.shape)]), axis=0)
     return jnp.sum(w * huber(pred - logL, delta))
+
+
+def _value_and_grad(x: Float[Array, "S 5"], logN, logD, logL, w, delta: float):
+    """Objective and its analytic gradient for S lanes at once; w is [n] (shared) or [S, n].
+
+    With t = (a - alpha log N, b - beta log D, e), p = softmax(t), r = logsumexp(t) - log L and
+    h = clip(r, -delta, delta) = huber'(r): d/da = sum w h p1, d/db = sum w h p2, d/de = sum w h p3,
+    d/dalpha = -sum w h p1 log N, d/dbeta = -sum w h p2 log D. (Cheaper than autodiff of `_objective`.)
+    """
+    a, b, e, alpha, beta = (x[:, i:i + 1] for i in range(5))
+    t1 = a - alpha * logN
+    t2 = b - beta * logD
+    m = jnp.maximum(jnp.maximum(t1, t2), e)
+    u1, u2, u3 = jnp.exp(t1 - m), jnp.exp(t2 - m), jnp.exp(e - m)
+    s = u1 + u2 + u3
+    r = m + jnp.log(s) - logL
+    h = w * jnp.clip(r, -delta, delta)
+    f = jnp.sum(h * (jnp.clip(r, -delta, delta) * -0.5 + r), axis=1)  # huber(r) = h_r (r - h_r / 2)
+    q = h / s
+    g1, g2, g3 = q * u1, q * u2, q * u3
+    grad = jnp.stack([g1.sum(1), g2.sum(1), g3.sum(1), -(g1 * logN).sum(1), -(g2 * logD).sum(1)], axis=1)
+    return f, grad
 
 
 def huber_objective_numpy(p: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
@@ -85,28 +108,28 @@ N_POLISH = 8
 
 
 def _lane_value_and_grad(logN, logD, logL, weights, delta):
-    """Batched objective; weights [1, n] are shared, [S, n] are one row per lane."""
-    vg = jax.value_and_grad(_objective)
-    if weights.shape[0] != 1:
-        return lambda x, lane: jax.vmap(vg, in_axes=(0, None, None, None, 0, None))(
-            x, logN, logD, logL, weights[lane], delta)
-    return lambda x, lane: jax.vmap(vg, in_axes=(0, None, None, None, None, None))(
-        x, logN, logD, logL, weights[0], delta)
+    """Batched objective in the dtype of the lanes; weights [1, n] are shared, [S, n] are one row per lane."""
+    def fg(x, lane):
+        cast = lambda v: v.astype(x.dtype)
+        w = weights[0] if weights.shape[0] == 1 else weights[lane]
+        return _value_and_grad(x, cast(logN), cast(logD), cast(logL), cast(w), delta)
+    return fg
 
 
-@partial(jax.jit, static_argnames=("delta", "max_iter", "n_polish"))
-def _solve_starts(x0, logN, logD, logL, *, delta: float, max_iter: int, n_polish: int):
-    """All starts with scipy-default tolerances, then the n_polish best refined; one compiled program."""
+@partial(jax.jit, static_argnames=("delta", "max_iter", "n_polish", "scan_dtype"))
+def _solve_starts(x0, logN, logD, logL, *, delta: float, max_iter: int, n_polish: int, scan_dtype: str):
+    """All starts (scipy-default tolerances, in scan_dtype), then the n_polish best refined in float64."""
     fg = _lane_value_and_grad(logN, logD, logL, jnp.ones((1, logN.shape[0]), logN.dtype), delta)
-    scan = minimize_lbfgs_batched(fg, x0, max_iter=max_iter, **SCAN_TOL)
-    _, top = jax.lax.top_k(-jnp.where(jnp.isfinite(scan.f), scan.f, jnp.inf), n_polish)
-    polish = minimize_lbfgs_batched(fg, scan.x[top], max_iter=2 * max_iter, **POLISH_TOL)
-    return scan, polish
+    scan = minimize_lbfgs_batched(fg, x0.astype(scan_dtype), max_iter=max_iter, **SCAN_TOL)
+    f_scan = fg(scan.x.astype(x0.dtype), jnp.zeros(x0.shape[0], jnp.int32))[0]  # re-scored in float64
+    _, top = jax.lax.top_k(-jnp.where(jnp.isfinite(f_scan), f_scan, jnp.inf), n_polish)
+    polish = minimize_lbfgs_batched(fg, scan.x[top].astype(x0.dtype), max_iter=2 * max_iter, **POLISH_TOL)
+    return scan._replace(f=f_scan), polish
 
 
 @partial(jax.jit, static_argnames=("delta", "max_iter"))
 def _solve_weighted(x0, logN, logD, logL, weights, *, delta: float, max_iter: int):
-    """One lane per row of weights (bootstrap resamples), polish tolerances."""
+    """One lane per row of weights (bootstrap resamples), float64, polish tolerances."""
     fg = _lane_value_and_grad(logN, logD, logL, weights, delta)
     return minimize_lbfgs_batched(fg, x0, max_iter=max_iter, **POLISH_TOL)
 
@@ -115,10 +138,11 @@ def _as_numpy(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-def _run_starts(x0, logN, logD, logL, delta, max_iter, n_polish=N_POLISH):
+def _run_starts(x0, logN, logD, logL, delta, max_iter, n_polish=N_POLISH, scan_dtype="float32"):
     with jax.enable_x64(True):
         out = _solve_starts(jnp.asarray(x0, jnp.float64), *(jnp.asarray(v, jnp.float64) for v in (logN, logD, logL)),
-                            delta=float(delta), max_iter=int(max_iter), n_polish=min(int(n_polish), len(x0)))
+                            delta=float(delta), max_iter=int(max_iter), n_polish=min(int(n_polish), len(x0)),
+                            scan_dtype=scan_dtype)
         return _as_numpy(out)
 
 

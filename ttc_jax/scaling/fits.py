@@ -194,7 +194,7 @@ def fit_exp_power_law(k, coverage, *, n_bootstrap: int = 0, ci: float = 0.95, se
     k, c = _check_xy(k, coverage, "k", "coverage", 2, "fit_exp_power_law")
     if (c >= 1).any():
         i = int(np.flatnonzero(c >= 1)[0])
-        raise ValueError(f"coverage contains {c[i]!r} at index {i}; expected values strictly between 0 and 1 "
+        raise ValueError(f"coverage contains {float(c[i])!r} at index {i}; expected values strictly between 0 and 1 "
                          "(log(-log c) is undefined at c = 1)")
     n_bootstrap = V.positive_int("n_bootstrap", n_bootstrap, allow_zero=True)
     lk, v = np.log(k), np.log(-np.log(c))

@@ -73,13 +73,14 @@ def load_chinchilla_csv(path: str | Path | None = None, *, drop_highest: int = 5
     return N, C / (flops_per_param_token * N), L
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types from dicts, lists, numpy scalars and arrays; NaN and inf become None."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else None
@@ -94,7 +95,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """Write `obj` (dicts, lists, numpy scalars/arrays; NaN/inf become null) as indented JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
     return path
 
 

@@ -71,7 +71,8 @@ def _bcast(mask, a):
     return mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
 
 
-def _iterate(fg: ValueAndGrad, st: dict, lane, *, max_ls: int, c1: float, gtol: float, ftol: float) -> dict:
+def _iterate(fg: ValueAndGrad, st: dict, lane, *, max_ls: int, c1: float, c2: float, gtol: float,
+             ftol: float) -> dict:
     """One L-BFGS iteration for a gathered batch of lanes; lanes with st['run'] False are left unchanged."""
     run = st["run"]
     x, f, g = st["x"], st["f"], st["g"]
@@ -86,27 +87,41 @@ def _iterate(fg: ValueAndGrad, st: dict, lane, *, max_ls: int, c1: float, gtol: 
     def trial(t):
         xn = x + t[:, None] * d
         fn, gn = fg(xn, lane)
-        ok = jnp.isfinite(fn) & jnp.all(jnp.isfinite(gn), -1) & (fn <= f + c1 * t * gd)
-        return xn, fn, gn, ok
+        finite = jnp.isfinite(fn) & jnp.all(jnp.isfinite(gn), -1)
+        armijo = finite & (fn <= f + c1 * t * gd)
+        curvature = jnp.sum(gn * d, -1) >= c2 * gd
+        return xn, fn, gn, armijo, curvature
 
-    # Armijo backtracking; trial 0 is the unit step. One call site of `fg` keeps compile time down.
-    ls0 = (jnp.array(0), jnp.ones_like(f), x, jnp.full_like(f, jnp.inf), g, ~run, jnp.zeros(f.shape, jnp.int32))
+    # Weak Wolfe line search by bracketing (Lewis & Overton): expand while the slope is still steep,
+    # bisect once a bracket exists; trial 0 is the unit step. One call site of `fg` keeps compile time down.
+    inf = jnp.full_like(f, jnp.inf)
+    zero = jnp.zeros_like(f)
+    ls0 = dict(j=jnp.array(0), t=jnp.ones_like(f), lo=zero, hi=inf, xn=x, fn=f, gn=g, best_t=zero,
+               done=~run, ne=jnp.zeros(f.shape, jnp.int32))
 
     def ls_cond(ls):
-        return (ls[0] <= max_ls) & ~jnp.all(ls[5])
+        return (ls["j"] <= max_ls) & ~jnp.all(ls["done"])
 
     def ls_body(ls):
-        j, t, xn, fn, gn, ok, ne = ls
-        fin = jnp.where(jnp.isfinite(fn), fn, jnp.inf)
-        denom = 2.0 * (fin - f - gd * t)
-        tq = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.1 * t)
-        t = jnp.where(ok, t, jnp.where(j == 0, 1.0, jnp.clip(tq, 0.1 * t, 0.5 * t)))
-        xn2, fn2, gn2, ok2 = trial(t)
-        new = ~ok
-        return (j + 1, t, jnp.where(_bcast(new, xn), xn2, xn), jnp.where(new, fn2, fn),
-                jnp.where(_bcast(new, gn), gn2, gn), ok | ok2, ne + new.astype(jnp.int32))
+        t = ls["t"]
+        xn, fn, gn, armijo, curv = trial(t)
+        live = ~ls["done"]
+        accept = live & armijo & curv
+        # Armijo holds: remember the point (fallback if the bracket search runs out)
+        keep = live & armijo
+        xb = jnp.where(_bcast(keep, xn), xn, ls["xn"])
+        fb = jnp.where(keep, fn, ls["fn"])
+        gb = jnp.where(_bcast(keep, gn), gn, ls["gn"])
+        best_t = jnp.where(keep, t, ls["best_t"])
+        hi = jnp.where(live & ~armijo, t, ls["hi"])
+        lo = jnp.where(live & armijo & ~curv, t, ls["lo"])
+        t_next = jnp.where(jnp.isinf(hi), 2.0 * lo, 0.5 * (lo + hi))
+        return dict(j=ls["j"] + 1, t=jnp.where(live, t_next, t), lo=lo, hi=hi, xn=xb, fn=fb, gn=gb, best_t=best_t,
+                    done=ls["done"] | accept, ne=ls["ne"] + live.astype(jnp.int32))
 
-    _, _, xn, fn, gn, ok, ne = jax.lax.while_loop(ls_cond, ls_body, ls0)
+    ls = jax.lax.while_loop(ls_cond, ls_body, ls0)
+    ok = ls["best_t"] > 0  # found a point with sufficient decrease (Wolfe or, failing that, Armijo only)
+    xn, fn, gn, ne = ls["xn"], ls["fn"], ls["gn"], ls["ne"]
     acc = run & ok
     x1 = jnp.where(_bcast(acc, x), xn, x)
     f1 = jnp.where(acc, fn, f)
@@ -146,6 +161,7 @@ def minimize_lbfgs_batched(
     ftol: float = 2.220446049250313e-09,
     max_linesearch: int = 20,
     c1: float = 1e-4,
+    c2: float = 0.9,
     min_capacity: int = 8,
 ) -> LbfgsResult:
     """Minimise B independent problems from starts `x0` with L-BFGS (see module docstring).
@@ -184,7 +200,7 @@ def minimize_lbfgs_batched(
             gi = jnp.where(ok, idx, 0)
             sub = {k: v[gi] for k, v in st.items()}
             sub["run"] = ok
-            sub = _iterate(value_and_grad, sub, gi, max_ls=max_linesearch, c1=c1, gtol=gtol, ftol=ftol)
+            sub = _iterate(value_and_grad, sub, gi, max_ls=max_linesearch, c1=c1, c2=c2, gtol=gtol, ftol=ftol)
             sub.pop("run")
             return {k: st[k].at[idx].set(sub[k], mode="drop") for k in st}
         return fn

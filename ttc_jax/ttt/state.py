@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from ttc_jax.ttt.tracing import is_traced
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,7 @@ def static_pos(state: TTTState | None) -> int | None:
     """The state's position as a Python int, or None when it is traced."""
     if state is None:
         return 0
-    if isinstance(state.pos, jax.core.Tracer):
+    if is_traced(state.pos):
         return None
     return int(state.pos)
 
