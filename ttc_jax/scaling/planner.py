@@ -1,8 +1,17 @@
 """Spend a test-time FLOP budget where it buys the most accuracy.
 
 Input: a `CurveSet` (measured accuracy per strategy, sample count n and difficulty bin, with a cost
-per query `fixed + n * per_sample`; JSON shape in `ttc_jax.scaling.curves`). The budget is the
-average FLOPs per query. For each bin the planner picks one (strategy, n) option so that the
+per query `fixed + n * per_sample`), read from JSON with `curves_from_dict` in this shape (full
+description in `ttc_jax.scaling.curves`)::
+
+    {"format": "ttc-jax.accuracy-curves/1",
+     "bins": {"easy": 0.3, "medium": 0.4, "hard": 0.3},                  # query share per bin
+     "strategies": {"best_of_n_prm": {
+         "cost": {"fixed": 2.1e9, "per_sample": 9.6e8},                  # FLOPs per query, or a model spec
+         "curves": {"easy": {"n": [1, 2, 4, 8], "accuracy": [0.62, 0.70, 0.76, 0.79]}, ...}}},
+     "larger_model": {"size_ratio": 4.0, "accuracy": {"easy": 0.84, ...}}}   # optional
+
+The budget is the average FLOPs per query. For each bin the planner picks one (strategy, n) option so that the
 expected accuracy sum_b share_b * acc_b is maximal subject to sum_b share_b * cost_b <= budget.
 
 Methods
