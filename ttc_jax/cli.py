@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from ttc_jax import demo
+from ttc_jax.scaling import cli as scale_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttc", description="ttc-jax: test-time compute in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.register(sub)
+    scale_cli.register(sub)
     return parser
 
 
