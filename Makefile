@@ -22,6 +22,8 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ttt_layer.py
+	$(BIN)/python benchmarks/chinchilla_fit.py
+	$(BIN)/python benchmarks/ttt_accuracy.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
