@@ -15,12 +15,11 @@ XLA counts a while/scan body once whatever its trip count, so the TTT checks use
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import pytest
 
+import ttc_jax.ttt
 from ttc_jax.nn.config import ModelConfig
 from ttc_jax.scaling.flops import _inner_decode_token, _inner_minibatch, decode_flops, forward_flops
 
@@ -203,22 +202,13 @@ def test_ttt_linear_decode_token():
     assert 1.0 <= xla / ours <= 1.15, xla / ours
 
 
-# --- the project's own implementations, once they exist --------------------------------------------------
-
-def _module_or_skip(name: str, attr: str):
-    try:
-        mod = importlib.import_module(name)
-    except ImportError:
-        pytest.skip(f"{name} is not implemented yet")
-    if not hasattr(mod, attr):
-        pytest.skip(f"{name}.{attr} is not implemented yet")
-    return getattr(mod, attr)
+# --- the project's own implementations -------------------------------------------------------------------
 
 
 # measured with the first ttc_jax.ttt (dual form with an explicit LayerNorm backward): 1.18 and 1.10
 @pytest.mark.parametrize("kind,F,hi", [("ttt_linear", 64, 1.25), ("ttt_mlp", 64, 1.15)])
 def test_ttc_jax_ttt_inner_loop(kind, F, hi):
-    fn = _module_or_skip("ttc_jax.ttt", kind)
+    fn = getattr(ttc_jax.ttt, kind)
     B, H, K = 1, 2, 16
     Fm = F if kind == "ttt_linear" else 4 * F
     weights = {"w1": ones(H, F, Fm), "b1": ones(H, 1, Fm)}
@@ -237,8 +227,8 @@ def test_ttc_jax_ttt_inner_loop(kind, F, hi):
 @pytest.mark.parametrize("pattern,backbone", [(("attention",), "transformer"), (("ttt_linear",), "transformer"),
                                               (("ttt_linear", "ttt_mlp"), "mamba")])
 def test_hybrid_lm_forward(pattern, backbone):
-    HybridLM = _module_or_skip("ttc_jax.nn", "HybridLM")
     from flax import nnx
+    from ttc_jax.nn import HybridLM
 
     T = 16  # one TTT mini-batch: XLA counts a scan body once
     cfg = ModelConfig(vocab_size=512, d_model=128, n_layers=2, n_heads=2, ffn_dim=256, layer_pattern=pattern,
