@@ -38,7 +38,7 @@ def generate(model, prompt: Int[Array, "B T"], max_new_tokens: int, *, rng: jax.
              temperature: float = 1.0, top_k: int | None = None, cache_size: int | None = None):
     """Continue every prompt row by `max_new_tokens` sampled tokens; returns [B, max_new_tokens]."""
     prompt = jnp.asarray(prompt)
-    model._check_tokens(prompt)
+    model.check_tokens(prompt)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}; expected >= 1")
     needed = prompt.shape[1] + max_new_tokens

@@ -142,7 +142,7 @@ class HybridLM(nnx.Module):
                  return_ttt_stats: bool = False):
         """Logits [B, T, V] (float32), then the advanced cache if one was given, then the
         inner-loss stats if asked: {layer index: stats of `ttc_jax.ttt.ttt_linear`} for TTT layers."""
-        self._check_tokens(tokens)
+        self.check_tokens(tokens)
         cfg = self.cfg
         pos = 0 if cache is None else cache["pos"]
         h = self.embed(tokens).astype(jnp.dtype(cfg.dtype))
@@ -172,7 +172,8 @@ class HybridLM(nnx.Module):
             out += (dict(sorted(stats.items())),)
         return out[0] if len(out) == 1 else out
 
-    def _check_tokens(self, tokens) -> None:
+    def check_tokens(self, tokens) -> None:
+        """Raise ValueError unless tokens is an integer [B, T] array of in-vocabulary ids (ids checked when concrete)."""
         if getattr(tokens, "ndim", None) != 2:
             raise ValueError(f"tokens has shape {tuple(getattr(tokens, 'shape', ()))}; expected [B, T]")
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
