@@ -62,6 +62,12 @@ def run_demo(preset: str = "tiny-hybrid", batch: int = 4, seq_len: int = 128, ne
     print(f"forward [{batch}, {seq_len}]: first call {compile_s:.2f}s (compile), then {fwd_s * 1e3:.1f} ms "
           f"= {batch * seq_len / fwd_s:,.0f} tokens/s; loss {float(nll):.3f} (uniform: {np.log(cfg.vocab_size):.3f})")
 
+    _, stats = model(tokens, return_ttt_stats=True)
+    for i, st in stats.items():
+        before, after = float(st["loss_before"].mean()), float(st["loss_after"].mean())
+        print(f"  layer {i} ({cfg.layer_kinds[i]}): inner loss per mini-batch {before:.4f} before its "
+              f"update, {after:.4f} after ({100 * (after / before - 1):+.1f}%; untrained weights)")
+
     prompt = tokens[:, : seq_len // 2]
     size = prompt.shape[1] + new_tokens
     (last, cache), _, prefill_s = _timed(prefill, model, prompt, size)
@@ -78,6 +84,8 @@ def run_demo(preset: str = "tiny-hybrid", batch: int = 4, seq_len: int = 128, ne
     agree = float((greedy_full == generated).mean())
     print(f"  decode vs full pass: greedy tokens agree on {agree:.0%} of positions")
     return {"preset": preset, "parameters": counts, "forward_tokens_per_s": batch * seq_len / fwd_s,
+            "inner_loss": {i: {k: float(st[k].mean()) for k in ("loss_before", "loss_after")}
+                           for i, st in stats.items()},
             "forward_compile_s": compile_s, "decode_tokens_per_s": batch * new_tokens / decode_s,
             "prefill_s": prefill_s, "greedy_agreement": agree, "loss": float(nll)}
 

@@ -1,0 +1,21 @@
+"""`ttc demo` end to end at a small size, and the CLI's one-line errors."""
+
+import json
+
+from ttc_jax.cli import main
+
+
+def test_demo_runs_and_decoding_matches_full_pass(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--batch", "2", "--seq-len", "32", "--new-tokens", "8", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["greedy_agreement"] == 1.0
+    assert result["parameters"]["total"] == sum(v for k, v in result["parameters"].items() if k != "total")
+    assert sorted(result["inner_loss"]) == ["0", "1", "2"]  # the three TTT layers of tiny-hybrid
+    assert "decode vs full pass" in capsys.readouterr().out
+
+
+def test_cli_bad_input_is_one_line_and_nonzero(capsys):
+    assert main(["demo", "--preset", "ttt-linear-7b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown preset name='ttt-linear-7b'" in err
