@@ -70,12 +70,16 @@ def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, 
     def take(a, start, stop):
         return a[:, :, start:stop]
 
-    if p > 0:  # finish the mini-batch the state left open
-        h = min(mini_batch_size - p, T)
-        z, acc, st = seg(w, acc, take(q, 0, h), take(k, 0, h), take(v, 0, h), take(lr, 0, h),
-                         token_scale[p:p + h], ln_scale, ln_bias)
+    def partial_segment(w, acc, start, stop, s):
+        """Tokens start..stop-1 as one segment with row factors s; appends z and stats."""
+        z, acc, st = seg(w, acc, *(take(a, start, stop) for a in (q, k, v, lr)), s, ln_scale, ln_bias)
         outs.append(z)
         stat_parts.append(jax.tree.map(lambda a: a[..., None], st))
+        return acc
+
+    if p > 0:  # finish the mini-batch the state left open
+        h = min(mini_batch_size - p, T)
+        acc = partial_segment(w, acc, 0, h, token_scale[p:p + h])
         p, t = p + h, h
         if p == mini_batch_size:
             w, acc, p = commit(w, acc, token_scale[-1]), _zeros(acc), 0
@@ -96,12 +100,8 @@ def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, 
         t = end
 
     if t < T:  # a short last mini-batch: its updates stay in acc
-        r = T - t
-        z, acc, st = seg(w, None, take(q, t, T), take(k, t, T), take(v, t, T), take(lr, t, T),
-                         token_scale[:r], ln_scale, ln_bias)
-        outs.append(z)
-        stat_parts.append(jax.tree.map(lambda a: a[..., None], st))
-        p = r
+        p = T - t
+        acc = partial_segment(w, None, t, T, token_scale[:p])
 
     z = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
     new_state = TTTState(weights=w, acc=acc, pos=p)  # static: the fast path continues inside jit too
