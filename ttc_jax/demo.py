@@ -18,11 +18,8 @@ def _params_by_kind(model: HybridLM) -> dict[str, int]:
     """Parameter counts: embedding, and the blocks of every layer kind."""
     cfg = model.cfg
     counts = {"embedding": int(model.embed.embedding.size)}
-    layers = nnx.state(model.layers, nnx.Param)
-    if model.n_groups:
-        blocks, kinds = layers["blocks"], cfg.layer_pattern
-    else:
-        blocks, kinds = layers["blocks"], cfg.layer_kinds
+    blocks = nnx.state(model.layers, nnx.Param)["blocks"]  # stacked over groups when layers are scanned
+    kinds = cfg.layer_pattern if model.n_groups else cfg.layer_kinds
     for i, kind in enumerate(kinds):
         counts[kind] = counts.get(kind, 0) + sum(int(x.size) for x in jax.tree.leaves(blocks[i]))
     counts["final_norm"] = int(model.ln_f.scale.size)

@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 from ttc_jax.ttt.dual import dual
 from ttc_jax.ttt.learners import LEARNERS, LINEAR, MLP, Learner
 from ttc_jax.ttt.reference import primal
-from ttc_jax.ttt.state import TTTState, fresh_state
+from ttc_jax.ttt.state import TTTState, init_state
 
 IMPLS = ("auto", "xla", "pallas", "reference")
 
@@ -88,7 +88,7 @@ def _ttt(learner: Learner, q, k, v, lr, token_scale, weights, ln_scale, ln_bias,
     q, k, v, lr, token_scale, ln_scale, ln_bias = (
         jnp.asarray(a).astype(dt) for a in (q, k, v, lr, token_scale, ln_scale, ln_bias))
     if state is None:
-        state = fresh_state(weights, q.shape[0], dt)
+        state = init_state(weights, q.shape[0], dt)
     else:
         state = jax.tree.map(lambda a: a.astype(dt) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a,
                              state)

@@ -66,10 +66,6 @@ class Learner:
             shapes[f"b{i + 1}"] = (n_heads, 1, widths[i + 1])
         return shapes
 
-    @property
-    def weight_names(self) -> tuple[str, ...]:
-        return tuple(f"{p}{i + 1}" for i in range(self.n_layers) for p in ("w", "b"))
-
     # -- primal pieces -------------------------------------------------------
 
     def apply(self, w, x):

@@ -39,21 +39,14 @@ class TTTState:
 
 
 def init_state(weights: dict[str, jax.Array], batch_size: int, dtype=jnp.float32) -> TTTState:
-    """A fresh state: the shared initial weights broadcast over the batch."""
+    """A fresh state: the shared initial weights broadcast over the batch, at the static position 0."""
     bw = {n: jnp.broadcast_to(w.astype(dtype), (batch_size, *w.shape)) for n, w in weights.items()}
-    return TTTState(weights=bw, acc=jax.tree.map(jnp.zeros_like, bw), pos=jnp.zeros((), jnp.int32))
+    return TTTState(weights=bw, acc=jax.tree.map(jnp.zeros_like, bw), pos=0)
 
 
-def static_pos(state: TTTState | None) -> int | None:
+def static_pos(state: TTTState) -> int | None:
     """The state's position as a Python int, or None when it is traced."""
-    if state is None:
-        return 0
     if is_traced(state.pos):
         return None
     return int(state.pos)
 
-
-def fresh_state(weights: dict[str, jax.Array], batch_size: int, dtype=jnp.float32) -> TTTState:
-    """`init_state` with the position as a static 0."""
-    state = init_state(weights, batch_size, dtype)
-    return dataclasses.replace(state, pos=0)
