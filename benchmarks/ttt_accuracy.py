@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttc_jax.ttt import LEARNERS, ttt
+from ttc_jax.ttt import ttt
+from ttc_jax.ttt.testing import random_inputs
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -22,20 +23,12 @@ def rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def inputs(kind, T, B=2, H=3, F=16, K=16, seed=0):
-    rng = np.random.default_rng(seed)
-    r = lambda *s: jnp.asarray(rng.standard_normal(s))
-    w = {n: 0.3 * r(*s) for n, s in LEARNERS[kind].weight_shapes(H, F).items()}
-    return (r(B, H, T, F), r(B, H, T, F), r(B, H, T, F), jnp.asarray(rng.uniform(0.01, 0.3, (B, H, T))),
-            jnp.asarray(1.0 / np.arange(1, K + 1)), w, 1 + 0.1 * r(H, F), 0.1 * r(H, F))
-
-
 def main():
     rows = []
     with jax.enable_x64(True):
         for kind in ("ttt_linear", "ttt_mlp"):
             for T in (1, 15, 16, 17, 100):
-                args = inputs(kind, T)
+                args = random_inputs(kind, T=T, F=16, dtype=jnp.float64)
                 z, s = ttt(kind, *args, impl="xla")
                 zr, sr = ttt(kind, *args, impl="reference")
                 loss = lambda impl: lambda *a: (ttt(kind, *a, impl=impl)[0] ** 2).sum()

@@ -20,21 +20,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ttc_jax.ttt import LEARNERS, ttt
+from ttc_jax.ttt import ttt
+from ttc_jax.ttt.testing import random_inputs
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def make_inputs(kind, B, H, T, F, K, seed=0):
-    rng = np.random.default_rng(seed)
-    r = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-    weights = {n: 0.02 * r(*s) for n, s in LEARNERS[kind].weight_shapes(H, F).items()}
-    lr = jnp.asarray(rng.uniform(0.0, 1.0 / F, (B, H, T)), jnp.float32)
-    token_scale = jnp.asarray(1.0 / np.arange(1, K + 1), jnp.float32)
-    return (r(B, H, T, F), r(B, H, T, F), r(B, H, T, F), lr, token_scale, weights,
-            jnp.ones((H, F)), jnp.zeros((H, F)))
+    """Published-like scales: W0 ~ N(0, 0.02), rates base_lr * sigmoid(.) / F <= 1/F."""
+    return random_inputs(kind, B=B, H=H, T=T, F=F, K=K, seed=seed, weight_scale=0.02, lr_range=(0.0, 1.0 / F))
 
 
 def build(kind, impl, mode, K):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import make_ttt_inputs
+from ttc_jax.ttt.testing import random_inputs
 from ttc_jax.ttt import ttt
 
 KINDS = ["ttt_linear", "ttt_mlp"]
@@ -20,7 +20,7 @@ def rel_err(a, b):
 @pytest.mark.parametrize("T", [1, 15, 16, 17, 100])
 def test_dual_equals_primal_float64(kind, T):
     with jax.enable_x64(True):
-        args = make_ttt_inputs(kind, T=T, dtype=jnp.float64)
+        args = random_inputs(kind, T=T, dtype=jnp.float64)
         z, state = ttt(kind, *args, impl="xla")
         z_ref, state_ref = ttt(kind, *args, impl="reference")
         assert z.dtype == jnp.float64
@@ -36,7 +36,7 @@ def test_dual_equals_primal_float64(kind, T):
 def test_gradients_dual_equal_primal_float64(kind, T):
     """d/d(every input and weight) of a random projection of z and the final state."""
     with jax.enable_x64(True):
-        args = make_ttt_inputs(kind, T=T, dtype=jnp.float64, seed=1)
+        args = random_inputs(kind, T=T, dtype=jnp.float64, seed=1)
         rng = np.random.default_rng(2)
         z_proj = jnp.asarray(rng.standard_normal(args[0].shape))
         w_proj = jax.tree.map(lambda w: jnp.asarray(rng.standard_normal((2, *w.shape))), args[5])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.extend import core as jax_core
 
-from conftest import make_ttt_inputs
+from ttc_jax.ttt.testing import random_inputs
 from ttc_jax.ttt import LEARNERS, TTTState, ttt, ttt_linear, ttt_mlp
 
 KINDS = ["ttt_linear", "ttt_mlp"]
@@ -20,7 +20,7 @@ def _slice(args, start, stop):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("cuts", [(5,), (16,), (3, 4), (20, 21, 30), (1, 2, 3)])
 def test_split_and_continue_equals_whole(kind, cuts):
-    args = make_ttt_inputs(kind, T=37, seed=3)
+    args = random_inputs(kind, T=37, seed=3)
     z_whole, s_whole = ttt(kind, *args, impl="xla")
     bounds = (0, *cuts, 37)
     state, zs = None, []
@@ -37,7 +37,7 @@ def test_split_and_continue_equals_whole(kind, cuts):
 def test_jitted_decode_with_traced_state_equals_whole(kind):
     """Prefill 5 tokens, then a jitted one-token step (traced position), then a traced 2-token chunk."""
     T = 21
-    args = make_ttt_inputs(kind, T=T, seed=4)
+    args = random_inputs(kind, T=T, seed=4)
     z_whole, s_whole = ttt(kind, *args, impl="xla")
 
     @jax.jit
@@ -58,7 +58,7 @@ def test_jitted_decode_with_traced_state_equals_whole(kind):
 
 
 def test_remat_groups_same_values_and_grads():
-    args = make_ttt_inputs("ttt_mlp", B=1, T=3 * 16 + 3, seed=5)
+    args = random_inputs("ttt_mlp", B=1, T=3 * 16 + 3, seed=5)
     loss = lambda g: lambda q, w: ttt_mlp(q, *args[1:5], w, *args[6:], remat_group=g)[0].sum()
     ref = jax.value_and_grad(loss(0), argnums=(0, 1))(args[0], args[5])
     for group in (1, 2):  # 2: one group of 2 and a remainder group of 1
@@ -68,7 +68,7 @@ def test_remat_groups_same_values_and_grads():
 
 
 def _residual_bytes(group, n_minibatches=32):
-    args = make_ttt_inputs("ttt_linear", B=1, H=2, T=16 * n_minibatches, F=16, seed=6)
+    args = random_inputs("ttt_linear", B=1, H=2, T=16 * n_minibatches, F=16, seed=6)
     f = lambda q: ttt_linear(q, *args[1:], remat_group=group)[0]
     _, vjp_fn = jax.vjp(f, args[0])
     return sum(x.nbytes for x in jax.tree.leaves(vjp_fn))
@@ -86,7 +86,7 @@ def test_remat_groups_shrink_backward_memory():
 @pytest.mark.parametrize("kind", KINDS)
 def test_stats_match_direct_computation(kind):
     K, T = 16, 40
-    args = make_ttt_inputs(kind, T=T, seed=7)
+    args = random_inputs(kind, T=T, seed=7)
     q, k, v, lr, ts, w, ln_s, ln_b = args
     learner = LEARNERS[kind]
     z, state, stats = ttt(kind, *args, impl="xla", return_stats=True)
@@ -115,7 +115,7 @@ def test_stats_match_direct_computation(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_bf16_inputs_close_to_float32(kind):
-    args = make_ttt_inputs(kind, T=40, seed=8)
+    args = random_inputs(kind, T=40, seed=8)
     z32, s32 = ttt(kind, *args, impl="xla")
     bf = tuple(a.astype(jnp.bfloat16) for a in args[:4]) + args[4:]
     z16, s16 = ttt(kind, *bf, impl="xla")
@@ -128,7 +128,7 @@ def test_bf16_inputs_close_to_float32(kind):
 
 def _expect_error(match, **overrides):
     args = dict(zip(["q", "k", "v", "lr", "token_scale", "weights", "ln_scale", "ln_bias"],
-                    make_ttt_inputs("ttt_linear", T=20, seed=9)))
+                    random_inputs("ttt_linear", T=20, seed=9)))
     kwargs = {k: overrides.pop(k) for k in list(overrides) if k in ("mini_batch_size", "state", "impl", "remat_group")}
     args.update(overrides)
     with pytest.raises(ValueError, match=match):
@@ -136,13 +136,13 @@ def _expect_error(match, **overrides):
 
 
 def test_bad_inputs_give_clear_errors():
-    q, k, v, lr, ts, w, ln_s, ln_b = make_ttt_inputs("ttt_linear", T=20, seed=9)
+    q, k, v, lr, ts, w, ln_s, ln_b = random_inputs("ttt_linear", T=20, seed=9)
     _expect_error(r"q has shape \(2, 3, 20\); expected rank 4", q=q[..., 0])
     _expect_error(r"k has shape .*expected \(2, 3, 20, 8\)", k=k[:, :, :10])
     _expect_error(r"q has T=0 tokens", q=q[:, :, :0], k=k[:, :, :0], v=v[:, :, :0], lr=lr[:, :, :0])
     _expect_error(r"weights\['w1'\] has shape \(3, 6, 6\); expected \(3, 8, 8\)", weights={"w1": w["w1"][:, :6, :6], "b1": w["b1"]})
     _expect_error(r"weights has keys \['b1', 'b2', 'w1', 'w2'\]; expected \['b1', 'w1'\]",
-                  weights=make_ttt_inputs("ttt_mlp", T=20)[5])
+                  weights=random_inputs("ttt_mlp", T=20)[5])
     _expect_error(r"mini_batch_size=0; expected an int >= 1", mini_batch_size=0)
     _expect_error(r"token_scale has shape \(16,\); expected \(8,\)", mini_batch_size=8)
     _expect_error(r"lr has shape", lr=lr[:, :, :5])
@@ -175,7 +175,7 @@ def _scan_lengths(fn, *args):
 @pytest.mark.parametrize("kind", KINDS)
 def test_fast_path_under_jit(kind):
     """Inside jit, a fresh or statically positioned state scans mini-batches, not tokens."""
-    args = make_ttt_inputs(kind, T=64, seed=10)
+    args = random_inputs(kind, T=64, seed=10)
     fresh = lambda *a: ttt(kind, *a, impl="xla", remat_group=2)
     assert max(_scan_lengths(fresh, *args)) == 2  # 4 mini-batches in groups of 2
 
