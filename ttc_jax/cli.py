@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ttc_jax import demo
+from ttc_jax.data import cli as data_cli
 from ttc_jax.scaling import cli as scale_cli
 
 
@@ -14,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.register(sub)
     scale_cli.register(sub)
+    data_cli.register(sub)
     return parser
 
 
