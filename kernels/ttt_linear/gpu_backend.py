@@ -1,0 +1,80 @@
+"""Mosaic GPU backend of ttt_linear for the kernel registry (kernels/common/registry.py).
+
+Adapts the registry's calling convention (float32 [N, T, F] sequences, weights (w1, b1)) to the
+Mosaic GPU kernels in gpu_forward.py / gpu_backward.py:
+- matmul operands in `spec.matmul_dtype` (default bfloat16; "float32" only in the interpreter,
+  where it checks the algorithm to float32 rounding), float32 accumulation and state;
+- a remat group must be one 64-token tile (group * K == 64, e.g. K = 16 and remat_group = 4);
+- the gradients of lr and token_scale are folded from the kernel's per-token rows here.
+Head/tail partial mini-batches never reach this module: kernels/common/fused.py runs them in XLA.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..common.registry import KernelBackend, KernelSpec
+from . import gpu_backward, gpu_forward
+from .gpu_forward import TILE, GPUTileSpec
+
+
+def _tile_spec(spec: KernelSpec, F: int, K: int) -> GPUTileSpec:
+    dtype = getattr(spec, "matmul_dtype", None) or "bfloat16"
+    reason = gpu_forward.check(F, K, dtype, spec.interpret)
+    if reason is None and spec.group * K != TILE:
+        reason = (f"remat group of {spec.group} mini-batches of {K} tokens: the Mosaic GPU ttt_linear kernel "
+                  f"needs group * K == {TILE} (e.g. remat_group={TILE // K})")
+    if reason:
+        raise ValueError(reason)
+    return GPUTileSpec(F=F, K=K, eps=spec.eps, operand_dtype=dtype, interpret=spec.interpret,
+                       detect_races=spec.detect_races)
+
+
+def _prep(ts, q, k, v, lr, s):
+    K = s.shape[0]
+    lr = lr[..., 0]
+    s_k = s[-1, 0]
+    return (q.astype(ts.op), k.astype(ts.op), v.astype(ts.op), lr, s_k * lr,
+            jnp.tile(s[:, 0], TILE // K))
+
+
+def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
+    N, T, F = q.shape
+    K = s.shape[0]
+    ts = _tile_spec(spec, F, K)
+    w, b = ws
+    z, w_end, b_end, w_b, b_b = gpu_forward.forward(ts, *_prep(ts, q, k, v, lr, s), w, b[:, 0],
+                                                     ln_scale[:, 0], ln_bias[:, 0])
+    return z.astype(q.dtype), (w_end, b_end[:, None]), (w_b, b_b[:, :, None])
+
+
+def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
+    N, T, F = q.shape
+    K = s.shape[0]
+    ts = _tile_spec(spec, F, K)
+    if F > gpu_backward.MAX_F_BACKWARD:
+        raise ValueError(f"head width F={F}: the Mosaic GPU ttt_linear backward kernel takes F <= "
+                         f"{gpu_backward.MAX_F_BACKWARD} (shared memory); use impl='xla' for training")
+    qo, ko, vo, lr2, lrl, s_tile = _prep(ts, q, k, v, lr, s)
+    w_b, b_b = ws_bounds
+    dw_end, db_end = dws_final
+    dq, dk, dv, dlr, dlrl, ds_tok, dw0, db0, dgam, dbet = gpu_backward.backward(
+        ts, qo, ko, vo, lr2, lrl, s_tile, w_b, b_b[:, :, 0], ln_scale[:, 0], ln_bias[:, 0],
+        dz.astype(ts.op), dw_end, db_end[:, 0])
+    s_k = s[-1, 0]
+    dlr_total = dlr + s_k * dlrl
+    ds = ds_tok.reshape(N, T // K, K).sum(1)  # per sequence, by position in the mini-batch
+    ds = ds.at[:, K - 1].add((lr2 * dlrl).sum(1))
+    return (dq, dk, dv, dlr_total[..., None], ds[..., None], (dw0, db0[:, None]), dgam[:, None], dbet[:, None])
+
+
+def unsupported(learner, F: int, K: int) -> str | None:
+    return gpu_forward.check(F, K, "bfloat16", interpret=False)
+
+
+def decode(spec: KernelSpec, *args):
+    raise ValueError("the Mosaic GPU ttt_linear decode kernel is not available; decode with impl='xla'")
+
+
+BACKEND = KernelBackend(name="gpu", forward=forward, backward=backward, decode=decode, unsupported=unsupported,
+                        platforms=("gpu", "cuda"))

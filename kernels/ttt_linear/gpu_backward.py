@@ -1,0 +1,229 @@
+"""Mosaic GPU (Hopper) backward kernel of TTT-Linear: a reverse sweep over tiles with recomputation.
+
+One program per sequence walks its 64-token tiles (= remat groups) last to first. For a tile it
+reloads the boundary state (W, b) the forward saved, recomputes the weights at each of its
+64 / K mini-batch starts (stashed in shared memory in the operand dtype), then walks those
+mini-batches backwards with the hand-written vector-Jacobian product of the dual form (the
+LayerNorm backward of the output, the causal eta products, the commit, and the second-order
+LayerNorm backward of the inner gradient G), every matrix product a `wgmma`. dL/dW is carried
+in float32 shared memory, dL/db in registers. Per-token gradients of lr, s_K * lr and the row
+factors come out as [N, T] rows; the caller folds them into d lr and d token_scale.
+
+The per-mini-batch formulas (G1 = lr G, G2 = s_K lr G, P = (q k^T + 1) * causal mask):
+
+    dZbar = LN'(Zbar)^T (gamma dz);  dW += q^T dZbar;  dq += dz + dZbar W^T + dA k
+    dPG = -s dZbar;  dP = dPG G1^T;  dG1 = P^T dPG;  dA = dP * mask;  dk += dA^T q
+    dG2 = -(k dW' + db');  dk -= G2 dW'^T;  dG = lr dG1 + s_K lr dG2
+    (dZ1, d(v - k)) = backward of G = LN-grad(Z1, v - k);  dk += dZ1 W^T - d(v - k);  dW += k^T dZ1
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from .. import _mosaic_gpu as mg
+from .gpu_forward import TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_stats, matmul, rowb, transposer
+
+MAX_F_BACKWARD = 64  # shared memory: F = 128 needs more than Hopper's 227 KiB with this layout
+
+
+def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end, db_end):
+    """Inputs as `gpu_forward.forward` plus its boundary states and the output cotangents
+    dz [N, T, F] (operand dtype), dw_end [N, F, F], db_end [N, F].
+
+    Returns dq, dk, dv [N, T, F] float32, per-token rows dlr, dlrl, ds [N, T] (d of lr, of
+    lrl = s_K lr, of the row factor at each token), dw0 [N, F, F], db0, dgamma, dbeta [N, F].
+    """
+    g = mg.plgpu()
+    N, T, F = q.shape
+    if F != TILE:
+        raise ValueError(f"head width F={F}: the Mosaic GPU ttt_linear backward kernel takes F = {TILE}")
+    K, eps, op = ts.K, ts.eps, ts.op
+    n_tiles = T // TILE
+    n_sub = TILE // K
+    row_vec, col_vec, full = mg.layout_fns(ts.interpret)
+    tr = transposer(ts.interpret)
+    f32 = jnp.float32
+    shp = (TILE, F)
+
+    def body(q_ref, k_ref, v_ref, dz_ref, lr_ref, lrl_ref, s_ref, wb_ref, bb_ref, lns_ref, lnb_ref, dwe_ref,
+             dbe_ref,
+             dq_ref, dk_ref, dv_ref, dlr_ref, dlrl_ref, ds_ref, dw0_ref, db0_ref, dgam_ref, dbet_ref,
+             q_s, k_s, v_s, dz_s, p_s, g1_s, g2_s, t1_s, t2_s, da_s, w_s, w32_s, stash_s, dwc32_s, dwc_s,
+             o1_s, o2_s, o3_s, lr_s, lrl_s, s_s, v1_s, v2_s, v3_s, vec_s, bars, *tscr):
+        n = lax.axis_index("n")
+        sc = (lambda i: tscr[i]) if tscr else (lambda i: None)  # interpreter-only transpose scratch
+        g.copy_gmem_to_smem(dwe_ref.at[pl.ds(n * F, F)], dwc32_s, bars.at[0])
+        g.copy_gmem_to_smem(dbe_ref.at[n], vec_s, bars.at[1])
+        g.copy_gmem_to_smem(lns_ref.at[n], v1_s, bars.at[2])
+        g.copy_gmem_to_smem(lnb_ref.at[n], v2_s, bars.at[3])
+        g.copy_gmem_to_smem(s_ref, s_s, bars.at[4])
+        for i in range(5):
+            g.barrier_wait(bars.at[i])
+        dbc0 = col_vec(vec_s[...])
+        gam_v, bet_v = col_vec(v1_s[...]), col_vec(v2_s[...])
+        zero_col = gam_v * 0.0
+
+        def tile(i, carry):
+            dbc, dgam, dbet = carry
+            t = n_tiles - 1 - i
+            rows = pl.ds(n * T + t * TILE, TILE)
+            g.wait_smem_to_gmem(0)  # the previous tile's outputs have left o*_s, v*_s
+            for j, (src, dst) in enumerate(((q_ref, q_s), (k_ref, k_s), (v_ref, v_s), (dz_ref, dz_s))):
+                g.copy_gmem_to_smem(src.at[rows], dst, bars.at[j])
+            g.copy_gmem_to_smem(lr_ref.at[n, pl.ds(t * TILE, TILE)], lr_s, bars.at[4])
+            g.copy_gmem_to_smem(lrl_ref.at[n, pl.ds(t * TILE, TILE)], lrl_s, bars.at[5])
+            g.copy_gmem_to_smem(wb_ref.at[pl.ds((n * n_tiles + t) * F, F)], w32_s, bars.at[6])
+            g.copy_gmem_to_smem(bb_ref.at[n, t], vec_s, bars.at[7])
+            for j in range(8):
+                g.barrier_wait(bars.at[j])
+
+            gamma, beta = colb(gam_v, shp), colb(bet_v, shp)
+            s_row = rowb(row_vec(s_s[...]), shp)
+            lr_row = rowb(row_vec(lr_s[...]), shp)
+            lrl_row = rowb(row_vec(lrl_s[...]), shp)
+            ri = full(lax.broadcasted_iota(jnp.int32, (TILE, TILE), 0))
+            ci = full(lax.broadcasted_iota(jnp.int32, (TILE, TILE), 1))
+            rf = full(lax.broadcasted_iota(jnp.int32, shp, 0))
+            mask = None
+            for m in range(n_sub):
+                blk = (ri >= m * K) & (ri < (m + 1) * K) & (ci >= m * K) & (ci < (m + 1) * K)
+                mask = blk if mask is None else mask | blk
+            mask = mask & (ci <= ri)
+            p_s[...] = jnp.where(mask, matmul(q_s, tr(k_s, sc(0)), (TILE, TILE)) + 1.0, 0.0).astype(op)
+            kf = k_s[...].astype(f32)
+            target = v_s[...].astype(f32) - kf
+
+            def inner(w_ref, b, in_m):
+                """G (rows of m) at weights (w_ref, b)."""
+                z1 = matmul(k_s, w_ref, shp) + colb(b, shp)
+                gr, xh, inv_std, gh = ln_l2_grad(z1, target, gamma, beta, F, eps)
+                return jnp.where(in_m, gr, 0.0), xh, inv_std, gh
+
+            # recompute the weights at each mini-batch start of the tile
+            b = col_vec(vec_s[...])
+            bs = []
+            for m in range(n_sub):
+                in_m = (rf >= m * K) & (rf < (m + 1) * K)
+                w_m = w32_s[...]
+                stash_s[m] = w_m.astype(op)
+                bs.append(b)
+                if m == n_sub - 1:
+                    break
+                g.commit_smem()
+                gr, _, _, _ = inner(stash_s.at[m], b, in_m)
+                g2 = lrl_row * gr
+                g2_s[...] = g2.astype(op)
+                g.commit_smem()
+                w32_s[...] = w_m - matmul(tr(k_s, sc(0)), g2_s, (F, F))
+                b = b - g2.sum(axis=0)
+            g.commit_smem()
+
+            dq = jnp.zeros(shp, f32)
+            dk = jnp.zeros(shp, f32)
+            dv = jnp.zeros(shp, f32)
+            dlr = dlrl = dsr = None
+            for m in reversed(range(n_sub)):
+                in_m = (rf >= m * K) & (rf < (m + 1) * K)
+                w_m, b = stash_s.at[m], bs[m]
+                dwc_s[...] = dwc32_s[...].astype(op)
+                gr, xh, inv_std, gh = inner(w_m, b, in_m)
+                g1, g2 = lr_row * gr, lrl_row * gr
+                g1_s[...] = g1.astype(op)
+                g2_s[...] = g2.astype(op)
+                g.commit_smem()
+                pg = matmul(p_s, g1_s, shp)
+                zbar = matmul(q_s, w_m, shp) + colb(b, shp) - s_row * pg
+                yh, inv2 = ln_stats(zbar, F, eps)
+                dzm = jnp.where(in_m, dz_s[...].astype(f32), 0.0)
+                dgam = dgam + (dzm * yh).sum(axis=0)
+                dbet = dbet + dzm.sum(axis=0)
+                dyh = dzm * gamma
+                dzbar = rowb(inv2, shp) * (dyh - rowb(dyh.sum(axis=1) / F, shp)
+                                           - yh * rowb((dyh * yh).sum(axis=1) / F, shp))
+                t1_s[...] = dzbar.astype(op)  # dZbar
+                t2_s[...] = (-s_row * dzbar).astype(op)  # dPG
+                g.commit_smem()
+                dsr_m = -(dzbar * pg).sum(axis=1)
+                dsr = dsr_m if dsr is None else dsr + dsr_m
+                dq = dq + dzm + matmul(t1_s, tr(w_m, sc(1)), shp)
+                dp = matmul(t2_s, tr(g1_s, sc(2)), (TILE, TILE))
+                dg1 = matmul(tr(p_s, sc(3)), t2_s, shp)
+                da_s[...] = jnp.where(mask, dp, 0.0).astype(op)
+                g.commit_smem()
+                dq = dq + matmul(da_s, k_s, shp)
+                dk = dk + matmul(tr(da_s, sc(3)), q_s, shp)
+                # through the commit W' = W - k^T G2, b' = b - colsum(G2), with the carried dW', db'
+                dg2 = jnp.where(in_m, -(matmul(k_s, dwc_s, shp) + colb(dbc, shp)), 0.0)
+                dk = dk - matmul(g2_s, tr(dwc_s, sc(1)), shp)
+                dg = lr_row * dg1 + lrl_row * dg2
+                dlr_m, dlrl_m = (dg1 * gr).sum(axis=1), (dg2 * gr).sum(axis=1)
+                dlr = dlr_m if dlr is None else dlr + dlr_m
+                dlrl = dlrl_m if dlrl is None else dlrl + dlrl_m
+                # through G = LN-grad(Z1, v - k)
+                inv = rowb(inv_std, shp)
+                c = inv * (1.0 / F)
+                dg_xh = rowb((dg * xh).sum(axis=1), shp)
+                dgh = inv * dg - c * rowb(dg.sum(axis=1), shp) - c * dg_xh * xh
+                dxh = -c * rowb((gh * xh).sum(axis=1), shp) * dg - c * dg_xh * gh + dgh * gamma * gamma
+                dtg = -dgh * gamma
+                dgam = dgam + (dgh * (2.0 * xh * gamma + beta - target)).sum(axis=0)
+                dbet = dbet + (dgh * gamma).sum(axis=0)
+                tot = rowb((dxh * xh).sum(axis=1) + (dg * gr).sum(axis=1), shp)
+                dz1 = inv * (dxh - rowb(dxh.sum(axis=1) / F, shp) - xh * tot * (1.0 / F))
+                t1_s[...] = dz1.astype(op)
+                g.commit_smem()
+                dk = dk + matmul(t1_s, tr(w_m, sc(1)), shp) - dtg
+                dv = dv + dtg
+                # dW (at the mini-batch start) = dW' + q^T dZbar + k^T dZ1
+                t2_s[...] = dzbar.astype(op)
+                g.commit_smem()
+                dwc32_s[...] = (dwc32_s[...] + matmul(tr(q_s, sc(4)), t2_s, (F, F))
+                                + matmul(tr(k_s, sc(0)), t1_s, (F, F)))
+                dbc = dbc + dzbar.sum(axis=0) + dz1.sum(axis=0)
+
+            o1_s[...], o2_s[...], o3_s[...] = dq, dk, dv
+            v1_s[...], v2_s[...], v3_s[...] = dlr, dlrl, dsr
+            g.commit_smem()
+            for src, dst in ((o1_s, dq_ref), (o2_s, dk_ref), (o3_s, dv_ref)):
+                g.copy_smem_to_gmem(src, dst.at[rows])
+            for src, dst in ((v1_s, dlr_ref), (v2_s, dlrl_ref), (v3_s, ds_ref)):
+                g.copy_smem_to_gmem(src, dst.at[n, pl.ds(t * TILE, TILE)])
+            return dbc, dgam, dbet
+
+        dbc, dgam, dbet = lax.fori_loop(0, n_tiles, tile, (dbc0, zero_col, zero_col))
+        g.wait_smem_to_gmem(0)
+        g.copy_smem_to_gmem(dwc32_s, dw0_ref.at[pl.ds(n * F, F)])
+        for vec, ref, buf in ((dbc, db0_ref, vec_s), (dgam, dgam_ref, v1_s), (dbet, dbet_ref, v2_s)):
+            buf[...] = vec
+        g.commit_smem()
+        for ref, buf in ((db0_ref, vec_s), (dgam_ref, v1_s), (dbet_ref, v2_s)):
+            g.copy_smem_to_gmem(buf, ref.at[n])
+        g.wait_smem_to_gmem(0)
+
+    t2 = (TILE, TILE)
+    scratch = [_smem(shp, op) for _ in range(4)]  # q, k, v, dz
+    scratch += [_smem(t2, op), _smem(shp, op), _smem(shp, op), _smem(shp, op), _smem(shp, op), _smem(t2, op)]
+    scratch += [_smem((F, F), op), _smem((F, F), f32), g.SMEM((n_sub, F, F), op, **mg.swizzled(op, (F, F))),
+                _smem((F, F), f32), _smem((F, F), op)]
+    scratch += [_smem(shp, f32) for _ in range(3)]
+    scratch += [_smem((TILE,), f32) for _ in range(3)]  # lr, lrl, s
+    scratch += [_smem((F,), f32) for _ in range(4)]
+    scratch += [g.Barrier(num_barriers=8)]
+    if ts.interpret:
+        scratch += [_smem((F, TILE), op), _smem((F, F), op), _smem((F, TILE), op), _smem(t2, op),
+                    _smem((F, TILE), op)]
+    row_t = jax.ShapeDtypeStruct((N, T), f32)
+    out_type = (jax.ShapeDtypeStruct((N * T, F), f32),) * 3 + (row_t,) * 3 + (
+        jax.ShapeDtypeStruct((N * F, F), f32),) + (jax.ShapeDtypeStruct((N, F), f32),) * 3
+    kern = g.kernel(body, out_type=out_type, grid=(N,), grid_names=("n",), scratch_types=scratch,
+                    interpret=mg.interpret_params(ts.interpret, ts.detect_races))
+    flat = lambda a: a.reshape(N * T, F)
+    outs = kern(flat(q), flat(k), flat(v), flat(dz), lr, lrl, s_tile, w_bounds.reshape(N * n_tiles * F, F), b_bounds,
+                ln_scale, ln_bias, dw_end.reshape(N * F, F), db_end)
+    dq, dk, dv, dlr, dlrl, ds, dw0, db0, dgam, dbet = outs
+    un = lambda a: a.reshape(N, T, F)
+    return un(dq), un(dk), un(dv), dlr, dlrl, ds, dw0.reshape(N, F, F), db0, dgam, dbet
