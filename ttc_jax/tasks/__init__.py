@@ -1,0 +1,1 @@
+"""Verifiable tasks for test-time compute: problems, verifiers, step labels."""
