@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..common.registry import KernelBackend, KernelSpec
-from . import gpu_backward, gpu_forward
+from . import gpu_backward, gpu_decode, gpu_forward
 from .gpu_forward import TILE, GPUTileSpec
 
 
@@ -72,8 +72,17 @@ def unsupported(learner, F: int, K: int) -> str | None:
     return gpu_forward.check(F, K, "bfloat16", interpret=False)
 
 
-def decode(spec: KernelSpec, *args):
-    raise ValueError("the Mosaic GPU ttt_linear decode kernel is not available; decode with impl='xla'")
+def decode(spec: KernelSpec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs):
+    N, F = q.shape
+    reason = gpu_forward.check(F, 16, "bfloat16", interpret=False)
+    if reason:
+        raise ValueError(reason)
+    ts = GPUTileSpec(F=F, K=1, eps=spec.eps, operand_dtype="float32", interpret=spec.interpret,
+                     detect_races=spec.detect_races)
+    (w, b), (aw, ab) = ws, accs
+    z, w, b, aw, ab = gpu_decode.decode(ts, q, k, v, lr[:, 0], sp[0, 0], sp[0, 1], ln_scale, ln_bias,
+                                        w, b[:, 0], aw, ab[:, 0])
+    return z, (w, b[:, None]), (aw, ab[:, None])
 
 
 BACKEND = KernelBackend(name="gpu", forward=forward, backward=backward, decode=decode, unsupported=unsupported,
