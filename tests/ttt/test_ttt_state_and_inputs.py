@@ -129,7 +129,8 @@ def test_bf16_inputs_close_to_float32(kind):
 def _expect_error(match, **overrides):
     args = dict(zip(["q", "k", "v", "lr", "token_scale", "weights", "ln_scale", "ln_bias"],
                     random_inputs("ttt_linear", T=20, seed=9)))
-    kwargs = {k: overrides.pop(k) for k in list(overrides) if k in ("mini_batch_size", "state", "impl", "remat_group")}
+    kwargs = {k: overrides.pop(k) for k in list(overrides) if k in ("mini_batch_size", "state", "impl", "remat_group",
+                                                                    "return_stats", "kernel_config")}
     args.update(overrides)
     with pytest.raises(ValueError, match=match):
         ttt_linear(*args.values(), **kwargs)
@@ -148,7 +149,12 @@ def test_bad_inputs_give_clear_errors():
     _expect_error(r"lr has shape", lr=lr[:, :, :5])
     _expect_error(r"ln_scale has shape", ln_scale=ln_s[:, :4])
     _expect_error(r"impl='fast'; expected one of", impl="fast")
-    _expect_error(r"impl='pallas': no Pallas kernel", impl="pallas")
+    from ttc_jax.kernels import TTTKernelConfig
+    _expect_error(r"impl='pallas': the 'tpu' ttt_linear kernels compile only on", impl="pallas",
+                  kernel_config=TTTKernelConfig(interpret=False))
+    _expect_error(r"return_stats=True is not supported by the Pallas kernels", impl="pallas", return_stats=True)
+    _expect_error(r"mini_batch_size=12: the TPU ttt_linear kernel takes a multiple of 8", impl="pallas",
+                  mini_batch_size=12, token_scale=jnp.ones(12))
     _expect_error(r"remat_group=-1", remat_group=-1)
     _expect_error(r"q has dtype int32", q=q.astype(jnp.int32))
     _, state = ttt_linear(q, k, v, lr, ts, w, ln_s, ln_b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Mapping
 
 import jax
@@ -11,30 +12,47 @@ from jaxtyping import Array, Float
 from ttc_jax.ttt.dual import dual
 from ttc_jax.ttt.learners import LEARNERS, LINEAR, MLP, Learner
 from ttc_jax.ttt.reference import primal
-from ttc_jax.ttt.state import TTTState, init_state
+from ttc_jax.ttt.state import TTTState, init_state, static_pos
 
 IMPLS = ("auto", "xla", "pallas", "reference")
 
-# Pallas kernels register here (learner name -> callable with the signature of `dual`).
+# Pallas kernels register here (learner name -> (callable with the signature of `dual` plus a
+# `config` keyword, unsupported(q_shape, dtype, mini_batch_size, stats, config) -> reason or None)).
 _PALLAS_KERNELS: dict[str, Callable] = {}
+_PALLAS_UNSUPPORTED: dict[str, Callable] = {}
 
 
-def register_pallas_kernel(learner_name: str, fn: Callable) -> None:
-    """Install a fused kernel used by impl="pallas" (and "auto" on GPU/TPU)."""
+def register_pallas_kernel(learner_name: str, fn: Callable, unsupported: Callable | None = None) -> None:
+    """Install a fused kernel used by impl="pallas" (and "auto" on GPU/TPU when `unsupported` says None)."""
     if learner_name not in LEARNERS:
         raise ValueError(f"learner_name={learner_name!r}; expected one of {sorted(LEARNERS)}")
     _PALLAS_KERNELS[learner_name] = fn
+    _PALLAS_UNSUPPORTED[learner_name] = unsupported or (lambda *a, **k: None)
 
 
-def _resolve_impl(learner: Learner, impl: str) -> str:
+def _load_kernels() -> None:
+    """Import ttc_jax.kernels once (it registers itself here; it imports this module, hence lazily)."""
+    if not _PALLAS_KERNELS:
+        import ttc_jax.kernels  # noqa: F401
+
+
+def _resolve_impl(learner: Learner, impl: str, q=None, mini_batch_size: int = 16, return_stats: bool = False,
+                  kernel_config=None) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r}; expected one of {IMPLS}")
+    if impl in ("auto", "pallas"):
+        _load_kernels()
+    reason = None
+    if impl in ("auto", "pallas") and learner.name in _PALLAS_KERNELS and q is not None:
+        reason = _PALLAS_UNSUPPORTED[learner.name](q.shape, q.dtype, mini_batch_size, return_stats, kernel_config)
     if impl == "auto":
         on_accelerator = jax.default_backend() in ("gpu", "tpu", "cuda", "rocm")
-        return "pallas" if on_accelerator and learner.name in _PALLAS_KERNELS else "xla"
+        return "pallas" if on_accelerator and learner.name in _PALLAS_KERNELS and not reason else "xla"
     if impl == "pallas" and learner.name not in _PALLAS_KERNELS:
         raise ValueError(
             f"impl='pallas': no Pallas kernel is installed for {learner.name}; use impl='xla' or 'auto'")
+    if impl == "pallas" and reason:
+        raise ValueError(reason)
     return impl
 
 
@@ -44,12 +62,15 @@ def _check_shape(name: str, x, expected: tuple) -> None:
         raise ValueError(f"{name} has shape {shape}; expected {tuple(expected)}")
 
 
+def _as_int(name: str, value, lowest: int, what: str) -> int:
+    """A Python int from an int or NumPy integer >= lowest, else a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
+        raise ValueError(f"{name}={value!r}; expected an int >= {lowest}{what}")
+    return int(value)
+
+
 def _validate(learner: Learner, q, k, v, lr, token_scale, weights, ln_scale, ln_bias,
               mini_batch_size, state, remat_group):
-    if not isinstance(mini_batch_size, int) or isinstance(mini_batch_size, bool) or mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size={mini_batch_size!r}; expected an int >= 1")
-    if not isinstance(remat_group, int) or remat_group < 0:
-        raise ValueError(f"remat_group={remat_group!r}; expected an int >= 0 (0 disables remat)")
     if getattr(q, "ndim", None) != 4:
         raise ValueError(f"q has shape {tuple(getattr(q, 'shape', ()))}; expected rank 4 [B, H, T, F]")
     B, H, T, F = q.shape
@@ -76,13 +97,24 @@ def _validate(learner: Learner, q, k, v, lr, token_scale, weights, ln_scale, ln_
         for name, shape in expected.items():
             _check_shape(f"state.weights[{name!r}]", state.weights[name], (B, *shape))
             _check_shape(f"state.acc[{name!r}]", state.acc[name], (B, *shape))
+        p = static_pos(state)
+        if p is not None and not 0 <= p < mini_batch_size:
+            raise ValueError(f"state.pos={p} does not fit mini_batch_size={mini_batch_size}; expected a state "
+                             f"from a call with the same mini_batch_size (0 <= pos < {mini_batch_size})")
 
 
 def _ttt(learner: Learner, q, k, v, lr, token_scale, weights, ln_scale, ln_bias, *,
-         mini_batch_size, state, impl, remat_group, return_stats, eps):
+         mini_batch_size, state, impl, remat_group, return_stats, eps, kernel_config=None):
+    mini_batch_size = _as_int("mini_batch_size", mini_batch_size, 1, "")
+    remat_group = _as_int("remat_group", remat_group, 0, " (0 disables remat)")
+    # nested lists are accepted where arrays are expected
+    q, k, v, lr, token_scale, ln_scale, ln_bias = (
+        jnp.asarray(a) if isinstance(a, (list, tuple)) else a for a in (q, k, v, lr, token_scale, ln_scale, ln_bias))
+    if isinstance(weights, Mapping):
+        weights = {n: jnp.asarray(a) if isinstance(a, (list, tuple)) else a for n, a in weights.items()}
     _validate(learner, q, k, v, lr, token_scale, weights, ln_scale, ln_bias,
               mini_batch_size, state, remat_group)
-    impl = _resolve_impl(learner, impl)
+    impl = _resolve_impl(learner, impl, q, mini_batch_size, return_stats, kernel_config)
     out_dtype = q.dtype
     dt = jnp.promote_types(q.dtype, jnp.float32)  # float32 state and accumulation for bf16 inputs
     q, k, v, lr, token_scale, ln_scale, ln_bias = (
@@ -101,7 +133,7 @@ def _ttt(learner: Learner, q, k, v, lr, token_scale, weights, ln_scale, ln_bias,
     elif impl == "pallas":
         z, new_state, stats = _PALLAS_KERNELS[learner.name](
             learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps,
-            remat_group=remat_group, stats=return_stats)
+            remat_group=remat_group, stats=return_stats, config=kernel_config)
     else:
         z, new_state, stats = dual(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps,
                                    remat_group=remat_group, stats=return_stats)
@@ -113,7 +145,8 @@ def ttt_linear(q: Float[Array, "B H T F"], k: Float[Array, "B H T F"], v: Float[
                lr: Float[Array, "B H T"], token_scale: Float[Array, " K"],
                weights: Mapping[str, Array], ln_scale: Float[Array, "H F"], ln_bias: Float[Array, "H F"],
                *, mini_batch_size: int = 16, state: TTTState | None = None, impl: str = "auto",
-               remat_group: int = 4, return_stats: bool = False, eps: float = 1e-6):
+               remat_group: int = 4, return_stats: bool = False, eps: float = 1e-6,
+               kernel_config=None):
     """TTT-Linear inner loop: z = q + LN(q W_t + b_t) with W updated per mini-batch.
 
     lr holds the token rates already scaled (base_lr * sigmoid(.) / F), so that
@@ -126,21 +159,26 @@ def ttt_linear(q: Float[Array, "B H T F"], k: Float[Array, "B H T F"], v: Float[
     ("last_token_loss_before", "last_token_loss_after"; ttt-lm-jax's
     ttt_loss_mse_step_0/1 up to the factor 2/F), and the Frobenius norm of
     the weight change ("delta_norm").
+    impl: "xla" (the dual-form scan), "reference" (primal), "pallas" (the fused kernels of
+    ttc_jax.kernels; interpret mode on CPU; a ValueError when they cannot take the call), or
+    "auto" (the kernels on GPU/TPU when they can take the call, else "xla"). kernel_config: a
+    ttc_jax.kernels.TTTKernelConfig for "pallas"/"auto" (None: defaults).
     """
     return _ttt(LINEAR, q, k, v, lr, token_scale, weights, ln_scale, ln_bias,
                 mini_batch_size=mini_batch_size, state=state, impl=impl,
-                remat_group=remat_group, return_stats=return_stats, eps=eps)
+                remat_group=remat_group, return_stats=return_stats, eps=eps, kernel_config=kernel_config)
 
 
 def ttt_mlp(q: Float[Array, "B H T F"], k: Float[Array, "B H T F"], v: Float[Array, "B H T F"],
             lr: Float[Array, "B H T"], token_scale: Float[Array, " K"],
             weights: Mapping[str, Array], ln_scale: Float[Array, "H F"], ln_bias: Float[Array, "H F"],
             *, mini_batch_size: int = 16, state: TTTState | None = None, impl: str = "auto",
-            remat_group: int = 4, return_stats: bool = False, eps: float = 1e-6):
+            remat_group: int = 4, return_stats: bool = False, eps: float = 1e-6,
+            kernel_config=None):
     """TTT-MLP inner loop (f = gelu_tanh(k W1 + b1) W2 + b2); arguments as `ttt_linear`."""
     return _ttt(MLP, q, k, v, lr, token_scale, weights, ln_scale, ln_bias,
                 mini_batch_size=mini_batch_size, state=state, impl=impl,
-                remat_group=remat_group, return_stats=return_stats, eps=eps)
+                remat_group=remat_group, return_stats=return_stats, eps=eps, kernel_config=kernel_config)
 
 
 def ttt(kind: str, *args, **kwargs):

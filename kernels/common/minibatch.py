@@ -1,0 +1,130 @@
+"""One mini-batch of the dual form, written for kernel bodies (2-D tiles, no transposes, float32).
+
+For a learner of L dense layers with weights (w1, b1, ..., wL, bL) at the start of the mini-batch
+and K tokens q, k, v [K, F], lr [K, 1], row factors s [K, 1]:
+
+    G_L = LN-backward(Z_L(k), v - k),   G_l = (G_{l+1} W_{l+1}^T) * gelu'(Z_l(k))
+    Gl  = lr * G_l
+    Zbar_l = X_l(q) W_l + b_l - s * (tril(X_l(q) X_l(k)^T + 1) @ Gl)     (the causal eta products)
+    z = q + LN(Zbar_L),   W_l' = W_l - s_K X_l(k)^T Gl,   b_l' = b_l - s_K sum_rows(Gl)
+
+which equals `Learner.segment` + `commit` in ttc_jax.ttt.learners (eta[i, j] = s_i lr_j, j <= i).
+The backward kernel differentiates this function with `jax.vjp` inside the kernel body.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ttc_jax.ttt.learners import gelu_tanh, gelu_tanh_grad, layer_norm, ln_l2_grad
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _dot(a, b, dims):
+    return jax.lax.dot_general(a, b, (dims, ((), ())), precision=_HI, preferred_element_type=jnp.float32)
+
+
+def mm(a, b):
+    """a @ b."""
+    return _dot(a, b, ((1,), (0,)))
+
+
+def mm_nt(a, b):
+    """a @ b^T."""
+    return _dot(a, b, ((1,), (1,)))
+
+
+def mm_tn(a, b):
+    """a^T @ b."""
+    return _dot(a, b, ((0,), (0,)))
+
+
+def causal_ones(n: int):
+    """[n, n] float32 lower-triangular ones (j <= i)."""
+    i = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
+    j = jax.lax.broadcasted_iota(jnp.int32, (n, n), 1)
+    return jnp.where(j <= i, 1.0, 0.0).astype(jnp.float32)
+
+
+def inner_grads(ws, k, v, ln_scale, ln_bias, eps):
+    """Layer inputs X_l(k) and lr-free output gradients G_l at ws = (w1, b1, ...)."""
+    n_layers = len(ws) // 2
+    xs, zs, x = [], [], k
+    for i in range(n_layers):
+        xs.append(x)
+        z = mm(x, ws[2 * i]) + ws[2 * i + 1]
+        zs.append(z)
+        x = gelu_tanh(z) if i < n_layers - 1 else z
+    g = ln_l2_grad(zs[-1], v - k, ln_scale, ln_bias, eps)
+    gs = [g]
+    for i in range(n_layers - 1, 0, -1):
+        g = mm_nt(g, ws[2 * i]) * gelu_tanh_grad(zs[i - 1])
+        gs.insert(0, g)
+    return xs, gs
+
+
+def _commit(ws, xs, gls, s_last):
+    new = []
+    for i, (x, gl) in enumerate(zip(xs, gls)):
+        new.append(ws[2 * i] - s_last * mm_tn(x, gl))
+        new.append(ws[2 * i + 1] - s_last * gl.sum(0, keepdims=True))
+    return tuple(new)
+
+
+def update(ws, k, v, lr, s, ln_scale, ln_bias, eps):
+    """The weights after the mini-batch (the state chain only, no output)."""
+    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps)
+    return _commit(ws, xs, [lr * g for g in gs], s[-1:, :])
+
+
+def step(ws, q, k, v, lr, s, ln_scale, ln_bias, eps):
+    """(z [K, F], weights after the mini-batch) for one full mini-batch."""
+    n_layers = len(ws) // 2
+    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps)
+    gls = [lr * g for g in gs]
+    mask = causal_ones(q.shape[0])
+    x = q
+    for i in range(n_layers):
+        a = (mm_nt(x, xs[i]) + 1.0) * mask
+        z = mm(x, ws[2 * i]) + ws[2 * i + 1] - s * mm(a, gls[i])
+        x = gelu_tanh(z) if i < n_layers - 1 else z
+    out = q + layer_norm(x, ln_scale, ln_bias, eps)
+    return out, _commit(ws, xs, gls, s[-1:, :])
+
+
+def decode_token(ws, accs, q, k, v, lr, s_pos, done, ln_scale, ln_bias, eps):
+    """One token for a block of sequences: rows [n, F], weights [n, a, b], lr [n, 1].
+
+    Adds lr * grad (at the mini-batch's start weights ws) to accs, outputs with ws - s_pos * accs,
+    and commits (ws <- ws - s_pos * accs, accs <- 0) where done (1.0 at the mini-batch's last token).
+    """
+    n_layers = len(ws) // 2
+    bmv = lambda x, w: (x[:, :, None] * w).sum(1)  # [n, a] x [n, a, b] -> [n, b]
+    bmv_t = lambda g, w: (g[:, None, :] * w).sum(2)  # [n, b] x [n, a, b] -> [n, a]
+    xs, zs, x = [], [], k
+    for i in range(n_layers):
+        xs.append(x)
+        z = bmv(x, ws[2 * i]) + ws[2 * i + 1][:, 0, :]
+        zs.append(z)
+        x = gelu_tanh(z) if i < n_layers - 1 else z
+    g = ln_l2_grad(zs[-1], v - k, ln_scale, ln_bias, eps)
+    gs = [g]
+    for i in range(n_layers - 1, 0, -1):
+        g = bmv_t(g, ws[2 * i]) * gelu_tanh_grad(zs[i - 1])
+        gs.insert(0, g)
+    new_accs = []
+    for i in range(n_layers):
+        gl = lr * gs[i]
+        new_accs.append(accs[2 * i] + xs[i][:, :, None] * gl[:, None, :])
+        new_accs.append(accs[2 * i + 1] + gl[:, None, :])
+    cur = tuple(w - s_pos * a for w, a in zip(ws, new_accs))
+    x = q
+    for i in range(n_layers):
+        z = bmv(x, cur[2 * i]) + cur[2 * i + 1][:, 0, :]
+        x = gelu_tanh(z) if i < n_layers - 1 else z
+    out = q + layer_norm(x, ln_scale, ln_bias, eps)
+    new_ws = tuple(jnp.where(done > 0.5, c, w) for c, w in zip(cur, ws))
+    new_accs = tuple(jnp.where(done > 0.5, jnp.zeros_like(a), a) for a in new_accs)
+    return out, new_ws, new_accs

@@ -1,0 +1,120 @@
+"""Mosaic TPU backward kernel: a reverse sweep over groups with recomputation.
+
+Grid (sequence "parallel", group "arbitrary" visited last to first). Each step reloads the
+group's boundary weights saved by the forward, recomputes the weights at every mini-batch
+start into VMEM, then walks its mini-batches backwards applying `jax.vjp` of
+`minibatch.step`, carrying dL/dW in VMEM scratch. Per-sequence gradients of the row factors
+and the inner LayerNorm are accumulated in VMEM and written once (summed over sequences in XLA).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from . import minibatch
+from .registry import KernelSpec
+from .tpu_forward import _row, compiler_params, interpret_arg
+
+
+def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
+    N, T, F = q.shape
+    K = s.shape[0]
+    group, eps = spec.group, spec.eps
+    GK = group * K
+    n_groups = T // GK
+    n_w = len(ws_bounds)
+    wshapes = [w.shape[2:] for w in ws_bounds]
+
+    def kernel(q_ref, k_ref, v_ref, lr_ref, s_ref, lns_ref, lnb_ref, dz_ref, *refs):
+        wB_refs, refs = refs[:n_w], refs[n_w:]
+        dwT_refs, refs = refs[:n_w], refs[n_w:]
+        dq_ref, dk_ref, dv_ref, dlr_ref, ds_ref, dlns_ref, dlnb_ref = refs[:7]
+        refs = refs[7:]
+        dw0_refs, refs = refs[:n_w], refs[n_w:]
+        dcarry, refs = refs[:n_w], refs[n_w:]
+        stash, refs = refs[:n_w], refs[n_w:]
+        ds_acc, dg_acc, db_acc = refs
+        g = pl.program_id(1)
+
+        @pl.when(g == 0)
+        def _():
+            for dc, dwt in zip(dcarry, dwT_refs):
+                dc[...] = dwt[...]
+            ds_acc[...] = jnp.zeros_like(ds_acc)
+            dg_acc[...] = jnp.zeros_like(dg_acc)
+            db_acc[...] = jnp.zeros_like(db_acc)
+
+        s_, gam, bet = s_ref[...], lns_ref[...], lnb_ref[...]
+
+        def rows(j):
+            return pl.ds(pl.multiple_of(j * K, K), K)
+
+        def recompute(j, ws):
+            for st, w in zip(stash, ws):
+                st[j] = w
+            r = rows(j)
+            return minibatch.update(ws, k_ref[r, :], v_ref[r, :], lr_ref[r, :], s_, gam, bet, eps)
+
+        jax.lax.fori_loop(0, group, recompute, tuple(wb[...] for wb in wB_refs))
+
+        def sweep(jj, carry):
+            dws, ds_a, dg_a, db_a = carry
+            j = group - 1 - jj
+            r = rows(j)
+            primals = (tuple(st[j] for st in stash), q_ref[r, :], k_ref[r, :], v_ref[r, :], lr_ref[r, :],
+                       s_, gam, bet)
+            _, vjp = jax.vjp(functools.partial(_step, eps=eps), *primals)
+            dws, dq, dk, dv, dlr, ds, dgam, dbet = vjp((dz_ref[r, :], dws))
+            dq_ref[r, :] = dq
+            dk_ref[r, :] = dk
+            dv_ref[r, :] = dv
+            dlr_ref[r, :] = dlr
+            return dws, ds_a + ds, dg_a + dgam, db_a + dbet
+
+        init = (tuple(dc[...] for dc in dcarry), ds_acc[...], dg_acc[...], db_acc[...])
+        dws, ds_a, dg_a, db_a = jax.lax.fori_loop(0, group, sweep, init)
+        for dc, d in zip(dcarry, dws):
+            dc[...] = d
+        ds_acc[...] = ds_a
+        dg_acc[...] = dg_a
+        db_acc[...] = db_a
+
+        @pl.when(g == n_groups - 1)
+        def _():
+            for dw0, d in zip(dw0_refs, dws):
+                dw0[...] = d
+            ds_ref[...] = ds_a
+            dlns_ref[...] = dg_a
+            dlnb_ref[...] = db_a
+
+    rev = lambda i, g: (i, n_groups - 1 - g, 0)
+    tok = pl.BlockSpec((None, GK, F), rev)
+    col = pl.BlockSpec((None, GK, 1), rev)
+    in_specs = [tok, tok, tok, col, pl.BlockSpec((K, 1), lambda i, g: (0, 0)), _row((1, F)), _row((1, F)), tok]
+    in_specs += [pl.BlockSpec((None, None, *sh), lambda i, g: (i, n_groups - 1 - g, 0, 0)) for sh in wshapes]
+    in_specs += [_row(sh) for sh in wshapes]
+    out_specs = [tok, tok, tok, col, _row((K, 1)), _row((1, F)), _row((1, F))] + [_row(sh) for sh in wshapes]
+    f32 = jnp.float32
+    out_shape = [jax.ShapeDtypeStruct(q.shape, f32)] * 3 + [jax.ShapeDtypeStruct(lr.shape, f32),
+                                                              jax.ShapeDtypeStruct((N, K, 1), f32),
+                                                              jax.ShapeDtypeStruct((N, 1, F), f32),
+                                                              jax.ShapeDtypeStruct((N, 1, F), f32)]
+    out_shape += [jax.ShapeDtypeStruct((N, *sh), f32) for sh in wshapes]
+    scratch = [pltpu.VMEM(sh, f32) for sh in wshapes] + [pltpu.VMEM((group, *sh), f32) for sh in wshapes]
+    scratch += [pltpu.VMEM((K, 1), f32), pltpu.VMEM((1, F), f32), pltpu.VMEM((1, F), f32)]
+    outs = pl.pallas_call(
+        kernel, out_shape=out_shape, grid=(N, n_groups), in_specs=in_specs, out_specs=out_specs,
+        scratch_shapes=scratch, compiler_params=compiler_params(), interpret=interpret_arg(spec),
+        name=f"{spec.learner.name}_bwd",
+    )(q, k, v, lr, s, ln_scale, ln_bias, dz, *ws_bounds, *dws_final)
+    dq, dk, dv, dlr, ds, dlns, dlnb = outs[:7]
+    return dq, dk, dv, dlr, ds, tuple(outs[7:]), dlns, dlnb
+
+
+def _step(ws, q, k, v, lr, s, gam, bet, *, eps):
+    return minibatch.step(ws, q, k, v, lr, s, gam, bet, eps)

@@ -1,0 +1,23 @@
+"""ttt_linear through the fused kernels, with the signature of ttc_jax.ttt.dual.dual plus a config.
+
+Registered with ttc_jax.ttt (impl="pallas", and impl="auto" on GPU/TPU); see kernels/README.md.
+"""
+
+from __future__ import annotations
+
+from ttc_jax.ttt.learners import LINEAR
+
+from ..common import fused
+from ..common.config import TTTKernelConfig
+from ..common.registry import register_backend
+from . import gpu_backend, pallas_tpu
+
+register_backend("ttt_linear", pallas_tpu.BACKEND)
+register_backend("ttt_linear", gpu_backend.BACKEND)  # Mosaic GPU (Hopper); kernels/ttt_linear/gpu_*.py
+
+ttt_linear = fused.make_entry("ttt_linear")
+
+
+def unsupported(q_shape, dtype, mini_batch_size: int, stats: bool, config: TTTKernelConfig | None = None):
+    """Why the kernels cannot take this call here (a one-line reason), or None."""
+    return fused.unsupported("ttt_linear", LINEAR, q_shape, dtype, mini_batch_size, stats, config)
