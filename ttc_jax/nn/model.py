@@ -139,7 +139,7 @@ class HybridLM(nnx.Module):
     # -- forward ---------------------------------------------------------------
 
     def __call__(self, tokens: Int[Array, "B T"], *, cache: dict | None = None,
-                 return_ttt_stats: bool = False):
+                 return_ttt_stats: bool = False, return_hidden: bool = False):
         """Logits [B, T, V] (float32), then the advanced cache if one was given, then the
         inner-loss stats if asked: {layer index: stats of `ttc_jax.ttt.ttt_linear`} for TTT layers."""
         self.check_tokens(tokens)
@@ -164,12 +164,15 @@ class HybridLM(nnx.Module):
         else:
             h, new_layers, layer_stats = self.layers(h, layer_cache, pos, return_ttt_stats)
             stats = {i: st for i, st in enumerate(layer_stats) if st is not None}
-        logits = self.embed.attend(self.ln_f(h).astype(jnp.float32))
+        h = self.ln_f(h).astype(jnp.float32)
+        logits = self.embed.attend(h)
         out = (logits,)
         if cache is not None:
             out += ({"pos": cache["pos"] + tokens.shape[1], "layers": new_layers},)
         if return_ttt_stats:
             out += (dict(sorted(stats.items())),)
+        if return_hidden:  # the final normed hidden states [B, T, D] (float32), e.g. for a value head
+            out += (h,)
         return out[0] if len(out) == 1 else out
 
     def check_tokens(self, tokens) -> None:
