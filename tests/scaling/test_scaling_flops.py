@@ -104,7 +104,7 @@ def test_decode_attention_context_grows():
 def test_decode_ttt_cost_is_per_token():
     cfg = _cfg(layer_pattern=("ttt_linear",), backbone="transformer")
     H, F = 2, 16
-    assert decode_flops(cfg, 7, start=3).ttt_inner == 7 * H * (8 * F * F + 4 * F)
+    assert decode_flops(cfg, 7, start=3).ttt_inner == 7 * H * (8 * F * F + 6 * F)
 
 
 @pytest.mark.parametrize("name", ["tiny-hybrid", "tiny-transformer"])

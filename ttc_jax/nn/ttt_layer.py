@@ -80,6 +80,11 @@ class TTTLayer(nnx.Module):
         base = 1.0 / jnp.arange(1, self.mini_batch_size + 1, dtype=jnp.float32)
         return jnp.maximum(base + self.learnable_token_idx[...], 0.0)
 
+    def token_lr(self, x: Float[Array, "B T D"]) -> Float[Array, "B H T"]:
+        """Token rates base_lr * sigmoid(x . theta_h + b_h) / F (ttt-math.md §3)."""
+        logits = jnp.einsum("btd,hd->bht", x.astype(jnp.float32), self.ttt_lr_weight[...])
+        return self.base_lr * jax.nn.sigmoid(logits + self.ttt_lr_bias[...][None, :, None]) / self.head_dim
+
     def _state_with_static_pos(self, state, pos):
         """A carried state whose position is known when `pos` is (keeps the fast path under a layer scan)."""
         if state is None or is_traced(pos):
@@ -110,8 +115,7 @@ class TTTLayer(nnx.Module):
         k = apply_rope(split(k), positions, self.rope_theta)
         q, k, v = (rearrange(a, "b t h f -> b h t f") for a in (q, k, split(v)))
 
-        logits = jnp.einsum("btd,hd->bht", x.astype(jnp.float32), self.ttt_lr_weight[...])
-        lr = self.base_lr * jax.nn.sigmoid(logits + self.ttt_lr_bias[...][None, :, None]) / F
+        lr = self.token_lr(x)
 
         out = ttt(self.kind, q, k, v, lr, self.token_scale(),
                   {n: p[...] for n, p in self.fast_weights.items()},

@@ -19,9 +19,10 @@ Conventions
 - TTT inner loop, dual form, per head and mini-batch of m tokens (m = K except a partial one):
     TTT-Linear: 6 m F^2 (kW, qW, W update) + 6 m^2 F (qk^T, (E*A)G, tril(E)G) + 2 m F (bias update)
     TTT-MLP (hidden 4F): 7 products of m x F x 4F -> 56 m F^2; 6 m^2 (F + 4F) = 30 m^2 F; 10 m F.
-  Decoding one token at a time (state = W at the mini-batch start plus the accumulated gradient):
-    TTT-Linear 8 F^2 + 4 F per head (kW, gradient outer product, q W0, q dW);
-    TTT-MLP 18 F (4F) + 4 (F + 4F) per head.
+  Decoding one token at a time (state = W at the mini-batch start plus the accumulated gradient;
+  the commit W - s acc is elementwise and runs only when a mini-batch ends):
+    TTT-Linear 8 F^2 + 6 F per head (kW, gradient outer product, q W0, q acc; q k^T, (E*A)G, EG);
+    TTT-MLP 18 F (4F) + 6 (F + 4F) per head (the same per layer, and the backward through W2).
 - Attention context: a query at position p sees min(p + 1, window) keys (causal kernels skip the
   masked part); `causal_skip=False` counts every key of the block, as a naive masked softmax does.
 - Training = forward + backward (2x forward) + rematerialisation (the inner loop again when
@@ -215,8 +216,8 @@ def _inner_update(kind: str, H: int, F: int, m: int) -> float:
 
 def _inner_decode_token(kind: str, H: int, F: int) -> float:
     if kind == "ttt_linear":
-        return H * (8 * F * F + 4 * F)
-    return H * (18 * F * 4 * F + 4 * (F + 4 * F))
+        return H * (8 * F * F + 6 * F)
+    return H * (18 * F * 4 * F + 6 * (F + 4 * F))
 
 
 def _check_tokens(n_tokens: int, start: int) -> tuple[int, int]:

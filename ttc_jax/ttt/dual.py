@@ -112,7 +112,12 @@ def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, 
 
 
 def _tokenwise(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps, *, stats):
-    """Exact fallback for a traced state position: one token per scan step."""
+    """Exact fallback for a traced state position: one token per scan step.
+
+    The step commits the fast weights under `lax.cond` only when a mini-batch ends. Under `jax.vmap`
+    with a position that differs per example (e.g. a leading sample axis) JAX turns the cond into a
+    select that computes the commit every token (benchmarks/ttt_decode.py measures the cost).
+    """
     seg = _batched_segment(learner, eps, stats)
     mini_batch_size = token_scale.shape[0]
 
@@ -121,9 +126,10 @@ def _tokenwise(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps,
         qt, kt, vt, lrt = (a[:, :, None] for a in x)
         s = jax.lax.dynamic_slice_in_dim(token_scale, pos, 1)
         z, acc, st = seg(w, acc, qt, kt, vt, lrt, s, ln_scale, ln_bias)
-        done = pos == mini_batch_size - 1
-        w = jax.tree.map(lambda a, b: jnp.where(done, a, b), commit(w, acc, s[0]), w)
-        acc = jax.tree.map(lambda a: jnp.where(done, jnp.zeros_like(a), a), acc)
+        # commit only when the mini-batch ends (a select of both branches if pos is batched under vmap)
+        w, acc = jax.lax.cond(pos == mini_batch_size - 1,
+                              lambda w, acc: (commit(w, acc, s[0]), _zeros(acc)),
+                              lambda w, acc: (w, acc), w, acc)
         return (w, acc, (pos + 1) % mini_batch_size), (z[:, :, 0], st)
 
     xs = tuple(jnp.moveaxis(a, 2, 0) for a in (q, k, v, lr))
