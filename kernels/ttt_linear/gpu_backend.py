@@ -5,17 +5,31 @@ Mosaic GPU kernels in gpu_forward.py / gpu_backward.py:
 - matmul operands in `spec.matmul_dtype` (default bfloat16; "float32" only in the interpreter,
   where it checks the algorithm to float32 rounding), float32 accumulation and state;
 - a remat group must be one 64-token tile (group * K == 64, e.g. K = 16 and remat_group = 4);
-- the gradients of lr and token_scale are folded from the kernel's per-token rows here.
+- the gradients of lr and token_scale are folded from the kernel's per-token rows here;
+- F = 128: the forward and decode kernels run; the backward is NOT a Mosaic GPU kernel there
+  (its shared-memory layout fits only F = 64) but `_xla_backward`, the same reverse sweep over the
+  forward kernel's saved boundaries with each group differentiated by XLA.
 Head/tail partial mini-batches never reach this module: kernels/common/fused.py runs them in XLA.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 
+from ..common import minibatch
 from ..common.registry import KernelBackend, KernelSpec
 from . import gpu_backward, gpu_decode, gpu_forward
 from .gpu_forward import TILE, GPUTileSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class GPUSpec(KernelSpec):
+    """A KernelSpec with the wgmma operand dtype ("bfloat16"; "float32" only in the interpreter)."""
+
+    matmul_dtype: str = "bfloat16"
 
 
 def _tile_spec(spec: KernelSpec, F: int, K: int) -> GPUTileSpec:
@@ -53,8 +67,7 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     K = s.shape[0]
     ts = _tile_spec(spec, F, K)
     if F > gpu_backward.MAX_F_BACKWARD:
-        raise ValueError(f"head width F={F}: the Mosaic GPU ttt_linear backward kernel takes F <= "
-                         f"{gpu_backward.MAX_F_BACKWARD} (shared memory); use impl='xla' for training")
+        return _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final)
     qo, ko, vo, lr2, lrl, s_tile = _prep(ts, q, k, v, lr, s)
     w_b, b_b = ws_bounds
     dw_end, db_end = dws_final
@@ -66,6 +79,40 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     ds = ds_tok.reshape(N, T // K, K).sum(1)  # per sequence, by position in the mini-batch
     ds = ds.at[:, K - 1].add((lr2 * dlrl).sum(1))
     return (dq, dk, dv, dlr_total[..., None], ds[..., None], (dw0, db0[:, None]), dgam[:, None], dbet[:, None])
+
+
+def _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
+    """F > 64 (no Mosaic GPU backward kernel fits shared memory there): the same reverse sweep over the
+    kernel's saved group boundaries, each group recomputed and differentiated by XLA (jax.vjp of
+    common/minibatch.step, vmapped over sequences)."""
+    N, T, F = q.shape
+    K = s.shape[0]
+    GK = spec.group * K
+    step = jax.vmap(minibatch.step, in_axes=(0, 0, 0, 0, 0, None, 0, 0, None))
+
+    def group_fwd(ws, q, k, v, lr, s, lns, lnb):
+        zs = []
+        for m in range(spec.group):
+            r = slice(m * K, (m + 1) * K)
+            z, ws = step(ws, q[:, r], k[:, r], v[:, r], lr[:, r], s, lns, lnb, spec.eps)
+            zs.append(z)
+        return jnp.concatenate(zs, axis=1), ws
+
+    split = lambda a: jnp.moveaxis(a.reshape(N, T // GK, GK, *a.shape[2:]), 1, 0)
+    xs = (split(q), split(k), split(v), split(lr), split(dz), tuple(jnp.moveaxis(w, 1, 0) for w in ws_bounds))
+
+    def body(carry, x):
+        dws, ds, dlns, dlnb = carry
+        qg, kg, vg, lrg, dzg, wsg = x
+        _, vjp = jax.vjp(group_fwd, wsg, qg, kg, vg, lrg, s, ln_scale, ln_bias)
+        dwsg, dq, dk, dv, dlr, dsg, dlns_g, dlnb_g = vjp((dzg, dws))
+        return (dwsg, ds + dsg, dlns + dlns_g, dlnb + dlnb_g), (dq, dk, dv, dlr)
+
+    init = (tuple(dws_final), jnp.zeros_like(s), jnp.zeros_like(ln_scale), jnp.zeros_like(ln_bias))
+    (dws0, ds, dlns, dlnb), (dq, dk, dv, dlr) = jax.lax.scan(body, init, xs, reverse=True)
+    merge = lambda a: jnp.moveaxis(a, 0, 1).reshape(N, T, *a.shape[3:])
+    ds_rows = jnp.broadcast_to(ds[None] / N, (N, *ds.shape))  # the caller sums over sequences
+    return merge(dq), merge(dk), merge(dv), merge(dlr), ds_rows, dws0, dlns, dlnb
 
 
 def unsupported(learner, F: int, K: int) -> str | None:
