@@ -8,6 +8,7 @@ import sys
 from ttc_jax import demo
 from ttc_jax.data import cli as data_cli
 from ttc_jax.scaling import cli as scale_cli
+from ttc_jax.search import cli as search_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.register(sub)
     scale_cli.register(sub)
+    search_cli.register(sub)
     data_cli.register(sub)
     return parser
 
