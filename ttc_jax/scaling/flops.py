@@ -201,17 +201,30 @@ def _chunks(start: int, n: int, K: int) -> list[int]:
     return out
 
 
+def _inner_terms(kind: str, H: int, F: int, m: int) -> dict[str, float]:
+    """Contractions of the dual form over one mini-batch of m tokens, by term (H heads).
+
+    grads: f and its backward on k (k W, and G2 W2^T for TTT-MLP); output: q through the layers
+    (q W) and the attention-like products (q k^T, (E*A) G, tril(E) G); w_update: the gradient
+    outer products; b_update: the lr-weighted bias sums (lr * G and its sum over rows).
+    """
+    widths = [(F, F)] if kind == "ttt_linear" else [(F, 4 * F), (4 * F, F)]
+    grads = sum(2 * m * a * b for a, b in widths) + sum(2 * m * a * b for a, b in widths[1:])
+    output = sum(2 * m * a * b + 2 * m * m * a + 4 * m * m * b for a, b in widths)
+    w_update = sum(2 * m * a * b for a, b in widths)
+    b_update = sum(2 * m * b for _, b in widths)
+    return {k: float(H * v) for k, v in
+            (("grads", grads), ("output", output), ("w_update", w_update), ("b_update", b_update))}
+
+
 def _inner_minibatch(kind: str, H: int, F: int, m: int) -> float:
-    if kind == "ttt_linear":
-        return H * (6 * m * F * F + 6 * m * m * F + 2 * m * F)
-    return H * (56 * m * F * F + 30 * m * m * F + 10 * m * F)
+    return sum(_inner_terms(kind, H, F, m).values())
 
 
 def _inner_update(kind: str, H: int, F: int, m: int) -> float:
     """The part of `_inner_minibatch` that only produces the next state (gradient outer products, bias sums)."""
-    if kind == "ttt_linear":
-        return H * (2 * m * F * F + 2 * m * F)
-    return H * (16 * m * F * F + 10 * m * F)
+    t = _inner_terms(kind, H, F, m)
+    return t["w_update"] + t["b_update"]
 
 
 def _inner_decode_token(kind: str, H: int, F: int) -> float:
