@@ -126,6 +126,30 @@ def test_decode_steps_equal_the_full_pass(kind):
         assert rel(state.acc[n], s_full.acc[n]) < 1e-5
 
 
+def test_decode_kernel_under_vmap_over_samples():
+    """Best-of-N style: a jitted one-token step vmapped over S samples with their own states and positions."""
+    kind, S = "ttt_linear", 3
+    args = random_inputs(kind, B=1, H=2, T=K + 2, F=8, K=K, seed=7)
+    states = [ttt(kind, *_cut(args, 0, p), mini_batch_size=K, impl="xla")[1] for p in (K - 1, K + 1, K - 1)]
+    stack = lambda *a: jnp.stack(a)
+    state = TTTState(weights=jax.tree.map(stack, *[s.weights for s in states]),
+                     acc=jax.tree.map(stack, *[s.acc for s in states]),
+                     pos=jnp.asarray([s.pos for s in states], jnp.int32))
+    x = [_cut(args, t, t + 1)[:4] for t in (K - 1, K + 1, K - 1)]
+    xs = tuple(jnp.stack([xi[j] for xi in x]) for j in range(4))
+    step = jax.jit(jax.vmap(lambda st, q, k, v, lr: ttt(kind, q, k, v, lr, *args[4:], mini_batch_size=K,
+                                                          impl="pallas", state=st)))
+    z, new = step(state, *xs)
+    for i, s in enumerate(states):
+        s = TTTState(weights=s.weights, acc=s.acc, pos=jnp.asarray(s.pos, jnp.int32))
+        z0, new0 = ttt(kind, *x[i], *args[4:], mini_batch_size=K, impl="xla", state=s)
+        assert rel(z[i], z0) < 1e-5
+        assert int(new.pos[i]) == int(new0.pos)
+        for n in new0.weights:
+            assert rel(new.weights[n][i], new0.weights[n]) < 1e-5
+            assert rel(new.acc[n][i], new0.acc[n]) < 1e-5
+
+
 def test_dispatch_rules_and_clear_errors():
     args = random_inputs("ttt_linear", B=1, H=1, T=K, F=8, K=K, seed=1)
     q = args[0]
