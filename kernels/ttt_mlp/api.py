@@ -10,9 +10,10 @@ from ttc_jax.ttt.learners import MLP
 from ..common import fused
 from ..common.config import TTTKernelConfig
 from ..common.registry import register_backend
-from . import pallas_tpu
+from . import gpu_backend, pallas_tpu
 
 register_backend("ttt_mlp", pallas_tpu.BACKEND)
+register_backend("ttt_mlp", gpu_backend.BACKEND)  # Mosaic GPU (Hopper); kernels/ttt_mlp/gpu_*.py
 
 ttt_mlp = fused.make_entry("ttt_mlp")
 
