@@ -1,6 +1,6 @@
 """Mosaic GPU TTT-MLP kernels (kernels/ttt_mlp/gpu_*.py) on the CPU: the forward kernel under the
 Mosaic GPU interpreter against the XLA math (float32 operands < 1e-5), the backend's XLA-recomputation
-backward through jax.grad, and cross-lowering for CUDA (shared memory is at 226 of 227 KiB)."""
+backward through jax.grad, and cross-lowering for CUDA (shared memory: 226,440 of 232,448 bytes)."""
 
 from __future__ import annotations
 
