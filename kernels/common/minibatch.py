@@ -95,36 +95,25 @@ def step(ws, q, k, v, lr, s, ln_scale, ln_bias, eps):
 
 
 def decode_token(ws, accs, q, k, v, lr, s_pos, done, ln_scale, ln_bias, eps):
-    """One token for a block of sequences: rows [n, F], weights [n, a, b], lr [n, 1].
+    """One token of one sequence: rows [1, F], weights 2-D, lr, s_pos, done [1, 1].
 
     Adds lr * grad (at the mini-batch's start weights ws) to accs, outputs with ws - s_pos * accs,
     and commits (ws <- ws - s_pos * accs, accs <- 0) where done (1.0 at the mini-batch's last token).
+    Uses only the 2-D products of the prefill kernel (the outer products are [1, a]^T [1, b]).
     """
     n_layers = len(ws) // 2
-    bmv = lambda x, w: (x[:, :, None] * w).sum(1)  # [n, a] x [n, a, b] -> [n, b]
-    bmv_t = lambda g, w: (g[:, None, :] * w).sum(2)  # [n, b] x [n, a, b] -> [n, a]
-    xs, zs, x = [], [], k
-    for i in range(n_layers):
-        xs.append(x)
-        z = bmv(x, ws[2 * i]) + ws[2 * i + 1][:, 0, :]
-        zs.append(z)
-        x = gelu_tanh(z) if i < n_layers - 1 else z
-    g = ln_l2_grad(zs[-1], v - k, ln_scale, ln_bias, eps)
-    gs = [g]
-    for i in range(n_layers - 1, 0, -1):
-        g = bmv_t(g, ws[2 * i]) * gelu_tanh_grad(zs[i - 1])
-        gs.insert(0, g)
+    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps)
     new_accs = []
     for i in range(n_layers):
         gl = lr * gs[i]
-        new_accs.append(accs[2 * i] + xs[i][:, :, None] * gl[:, None, :])
-        new_accs.append(accs[2 * i + 1] + gl[:, None, :])
+        new_accs += [accs[2 * i] + mm_tn(xs[i], gl), accs[2 * i + 1] + gl]
     cur = tuple(w - s_pos * a for w, a in zip(ws, new_accs))
     x = q
     for i in range(n_layers):
-        z = bmv(x, cur[2 * i]) + cur[2 * i + 1][:, 0, :]
+        z = mm(x, cur[2 * i]) + cur[2 * i + 1]
         x = gelu_tanh(z) if i < n_layers - 1 else z
     out = q + layer_norm(x, ln_scale, ln_bias, eps)
-    new_ws = tuple(jnp.where(done > 0.5, c, w) for c, w in zip(cur, ws))
-    new_accs = tuple(jnp.where(done > 0.5, jnp.zeros_like(a), a) for a in new_accs)
+    commit = done > 0.5
+    new_ws = tuple(jnp.where(commit, c, w) for c, w in zip(cur, ws))
+    new_accs = tuple(jnp.where(commit, jnp.zeros_like(a), a) for a in new_accs)
     return out, new_ws, new_accs
