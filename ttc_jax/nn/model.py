@@ -68,7 +68,7 @@ class Block(nnx.Module):
         self.ffn_norm = norm()
         self.feed_forward = SwiGLU(cfg.d_model, cfg.ffn_dim, init_std=cfg.init_std, dtype=self.dtype, rngs=rngs)
 
-    def __call__(self, h, cache: dict | None, pos, return_stats: bool = False):
+    def __call__(self, h, cache: dict | None, pos, return_stats: bool = False, ttt_lr_mult=1.0):
         """(h, new cache or None, inner-loss stats of a TTT layer or None)."""
         new_cache = {} if cache is not None else None
         if self.has_conv:
@@ -80,7 +80,9 @@ class Block(nnx.Module):
         stats = None
         if return_stats and self.kind != "attention":
             y, seq_cache, stats = self.seq_modeling_block(self.seq_norm(h), cache=seq_cache, pos=pos,
-                                                          return_stats=True)
+                                                          return_stats=True, lr_mult=ttt_lr_mult)
+        elif self.kind != "attention":
+            y, seq_cache = self.seq_modeling_block(self.seq_norm(h), cache=seq_cache, pos=pos, lr_mult=ttt_lr_mult)
         else:
             y, seq_cache = self.seq_modeling_block(self.seq_norm(h), cache=seq_cache, pos=pos)
         h = h + y
@@ -96,10 +98,10 @@ class LayerGroup(nnx.Module):
     def __init__(self, cfg: ModelConfig, kinds: tuple[str, ...], *, rngs: nnx.Rngs):
         self.blocks = nnx.List([Block(cfg, kind, rngs=rngs) for kind in kinds])
 
-    def __call__(self, h, caches: tuple | None, pos, return_stats: bool = False):
+    def __call__(self, h, caches: tuple | None, pos, return_stats: bool = False, ttt_lr_mult=1.0):
         new, stats = [], []
         for i, block in enumerate(self.blocks):
-            h, c, st = block(h, None if caches is None else caches[i], pos, return_stats)
+            h, c, st = block(h, None if caches is None else caches[i], pos, return_stats, ttt_lr_mult)
             new.append(c)
             stats.append(st)
         return h, (tuple(new) if caches is not None else None), tuple(stats)
@@ -139,9 +141,10 @@ class HybridLM(nnx.Module):
     # -- forward ---------------------------------------------------------------
 
     def __call__(self, tokens: Int[Array, "B T"], *, cache: dict | None = None,
-                 return_ttt_stats: bool = False, return_hidden: bool = False):
+                 return_ttt_stats: bool = False, ttt_lr_mult=1.0, return_hidden: bool = False):
         """Logits [B, T, V] (float32), then the advanced cache if one was given, then the
-        inner-loss stats if asked: {layer index: stats of `ttc_jax.ttt.ttt_linear`} for TTT layers."""
+        inner-loss stats if asked: {layer index: stats of `ttc_jax.ttt.ttt_linear`} for TTT layers.
+        `ttt_lr_mult` (scalar) multiplies every TTT layer's eta: the official inner base-lr warmup."""
         self.check_tokens(tokens)
         cfg = self.cfg
         pos = 0 if cache is None else cache["pos"]
@@ -152,7 +155,7 @@ class HybridLM(nnx.Module):
 
             def body(h, xs):
                 p, c = xs
-                h, c, st = nnx.merge(graphdef, p)(h, c, pos, return_ttt_stats)
+                h, c, st = nnx.merge(graphdef, p)(h, c, pos, return_ttt_stats, ttt_lr_mult)
                 return h, (c, st)
 
             if cfg.remat_layers:
@@ -162,7 +165,7 @@ class HybridLM(nnx.Module):
             stats = {g * period + j: jax.tree.map(lambda a: a[g], st)
                      for j, st in enumerate(group_stats) if st is not None for g in range(self.n_groups)}
         else:
-            h, new_layers, layer_stats = self.layers(h, layer_cache, pos, return_ttt_stats)
+            h, new_layers, layer_stats = self.layers(h, layer_cache, pos, return_ttt_stats, ttt_lr_mult)
             stats = {i: st for i, st in enumerate(layer_stats) if st is not None}
         h = self.ln_f(h).astype(jnp.float32)
         logits = self.embed.attend(h)

@@ -66,8 +66,8 @@ class TTTLayer(nnx.Module):
         self.ttt_lr_bias = nnx.Param(jnp.zeros((H,), jnp.float32))
         self.ttt_norm_scale = nnx.Param(jnp.ones((H, F), jnp.float32))
         self.ttt_norm_bias = nnx.Param(jnp.zeros((H, F), jnp.float32))
-        # initial fast weights W0; as published, W2 of TTT-MLP is scaled down by sqrt(2 * n_layers)
-        stds = {"w1": cfg.init_std, "w2": cfg.init_std / (2 * cfg.n_layers) ** 0.5}
+        # initial fast weights W0: W1 and W2 both N(0, init_std), as in the official "Fix TTT MLP Init"
+        stds = {"w1": cfg.init_std, "w2": cfg.init_std}
         self.fast_weights = nnx.Dict({
             n: nnx.Param(nnx.initializers.normal(stds[n])(rngs.params(), s, jnp.float32) if n in stds
                          else jnp.zeros(s, jnp.float32))
@@ -92,8 +92,8 @@ class TTTLayer(nnx.Module):
         return dataclasses.replace(state, pos=int(pos) % self.mini_batch_size)
 
     def __call__(self, x: Float[Array, "B T D"], *, cache: dict | None = None, pos=0,
-                 return_stats: bool = False):
-        """Returns (y [B, T, D], new cache or None[, stats])."""
+                 return_stats: bool = False, lr_mult=1.0):
+        """Returns (y [B, T, D], new cache or None[, stats]). `lr_mult` scales eta (the inner base-lr warmup)."""
         D = self.n_heads * self.head_dim
         if x.ndim != 3 or x.shape[-1] != D:
             raise ValueError(f"TTTLayer: x has shape {tuple(x.shape)}; expected [B, T, D={D}]")
@@ -116,6 +116,8 @@ class TTTLayer(nnx.Module):
         q, k, v = (rearrange(a, "b t h f -> b h t f") for a in (q, k, split(v)))
 
         lr = self.token_lr(x)
+        if not (isinstance(lr_mult, (int, float)) and lr_mult == 1.0):
+            lr = lr * jnp.asarray(lr_mult, jnp.float32)
 
         out = ttt(self.kind, q, k, v, lr, self.token_scale(),
                   {n: p[...] for n, p in self.fast_weights.items()},
