@@ -106,6 +106,24 @@ def test_vmap_over_a_leading_sample_axis_and_bf16():
     assert rel(z16.astype(jnp.float32), z_loop) < 2e-2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_vmap_of_gradients(kind):
+    """jax.vmap over samples of jax.grad through the custom_vjp (forward and backward kernels batched)."""
+    args = random_inputs(kind, B=1, H=2, T=2 * K + 3, F=8, K=K, seed=12)
+    q, k, v, lr, *rest = args
+    qs = jnp.stack([q, q[..., ::-1]])
+
+    def grads(impl):
+        loss = lambda q, k, v, lr, w: (ttt(kind, q, k, v, lr, rest[0], w, *rest[2:], mini_batch_size=K, impl=impl,
+                                           remat_group=1)[0] ** 2).sum()
+        return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2, 3, 4)), in_axes=(0, None, None, None, None)))(
+            qs, k, v, lr, rest[1])
+
+    for a, b in zip(jax.tree.leaves(grads("pallas")), jax.tree.leaves(grads("xla"))):
+        assert rel(a, b) < 1e-4
+
+
 @pytest.mark.parametrize("kind", ["ttt_linear", pytest.param("ttt_mlp", marks=pytest.mark.slow)])
 def test_decode_steps_equal_the_full_pass(kind):
     """Prefill 5 tokens with the kernels, then one-token jitted steps (traced position: the decode kernel)."""
