@@ -59,6 +59,7 @@ def decode(ts: GPUTileSpec, q, k, v, lr, s_pos, done, ln_scale, ln_bias, w, b, a
         xh, _ = ln_stats(out, F, eps)
         z_s[...] = vec(tile(q_s) + xh * gamma + beta)
         fin = d_t > 0.5
+        g.commit_smem()  # a warpgroup barrier: every thread has read b_s, ab_s before they are overwritten
         w_s[...] = jnp.where(fin, cur_w, wt)
         aw_s[...] = jnp.where(fin, 0.0, awt)
         b_s[...] = vec(jnp.where(fin, cur_b, colb(b_c, sq)))

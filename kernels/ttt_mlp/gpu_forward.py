@@ -161,19 +161,20 @@ def forward(ts: GPUTileSpec, q, k, v, lr, s_tile, s_last, w1, b1, w2, b2, ln_sca
                 a2 = jnp.zeros((TILE, TILE), f32)
                 for c in range(C):
                     stage(c)
-                    z1 = matmul(k_s, w1c_s, hshp) + b1c(c)
+                    b1v = col_vec(b1_s[c][...])  # read before the barriers below; written back at the end
+                    z1 = matmul(k_s, w1c_s, hshp) + colb(b1v, hshp)
                     x2_s[...] = gelu(z1).astype(op)
                     gl1 = matmul(gl2_s, tr(w2c_s, sc(1)), hshp) * gelu_grad(z1)  # lr * G1_c
                     gl1_s[...] = gl1.astype(op)
                     g.commit_smem()
-                    zb1 = matmul(q_s, w1c_s, hshp) + b1c(c) - s_row * matmul(p_s, gl1_s, hshp)
+                    zb1 = matmul(q_s, w1c_s, hshp) + colb(b1v, hshp) - s_row * matmul(p_s, gl1_s, hshp)
                     y_s[...] = gelu(zb1).astype(op)
                     g.commit_smem()
                     a2 = a2 + matmul(y_s, tr(x2_s, sc(2)), (TILE, TILE))
                     zb2 = zb2 + matmul(y_s, w2c_s, shp)
                     # commit chunk c (after its last use above): W1_c, b1_c, W2_c
                     w1_32[c] = w1_32[c] - sk_f * matmul(tr(k_s, sc(0)), gl1_s, (F, HC))
-                    b1_s[c][...] = col_vec(b1_s[c][...]) - (sk_f * gl1).sum(axis=0)
+                    b1_s[c][...] = b1v - (sk_f * gl1).sum(axis=0)
                     w2_32[c] = w2_32[c] - sk_f * matmul(tr(x2_s, sc(2)), gl2_s, (HC, F))
                 x2_s[...] = jnp.where(mask, a2 + 1.0, 0.0).astype(op)
                 g.commit_smem()
