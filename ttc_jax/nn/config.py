@@ -18,6 +18,9 @@ TTT_KINDS = ("ttt_linear", "ttt_mlp")
 # base_lr of the inner loop per learner (ttt-math.md §3).
 DEFAULT_TTT_BASE_LR = {"ttt_linear": 1.0, "ttt_mlp": 0.1}
 
+# epsilon of the TTT layers' LayerNorms (the per-head inner-loss norm and the post-norm), fixed as published
+TTT_NORM_EPS = 1e-6
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -27,7 +30,12 @@ class ModelConfig:
     ("ttt_linear",) * 3 + ("attention",) puts attention in every 4th layer.
     `backbone` applies to TTT layers: "mamba" adds the block pre-convolution,
     the q/k convolutions and the output gate; "transformer" uses separate
-    q/k/v projections. Attention layers are always plain Transformer blocks.
+    q/k/v projections. `pre_conv`, `share_qk` (one q/k projection followed by
+    the two q/k convolutions, no wk) and `use_gate` set these three parts
+    independently; None takes them from `backbone` (read the resolved values
+    from `has_pre_conv`, `has_qk_conv`, `has_gate`). Attention layers are
+    always plain Transformer blocks. `norm_eps` is the RMSNorms' epsilon; the
+    TTT layers' LayerNorms use the fixed `TTT_NORM_EPS`.
     """
 
     vocab_size: int = 32000
@@ -47,7 +55,11 @@ class ModelConfig:
     scan_layers: bool = True  # stack repeating layer groups and scan over them
     remat_layers: bool = False  # rematerialise each block in the backward pass
     init_std: float = 0.02
-    norm_eps: float = 1e-6
+    norm_eps: float = 1e-6  # RMSNorm epsilon (block norms, pre-conv norm, final norm)
+    tie_word_embeddings: bool = True  # False: a separate LM head [D, V]
+    pre_conv: bool | None = None  # None: from backbone (mamba: True)
+    share_qk: bool | None = None  # None: from backbone (mamba: True)
+    use_gate: bool | None = None  # None: from backbone (mamba: True)
     dtype: str = "float32"  # activation dtype; parameters are always float32
     ttt_impl: str = "auto"
 
@@ -76,8 +88,35 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.sliding_window must be None or >= 1, got {self.sliding_window!r}")
         if self.remat_group < 0:
             raise ValueError(f"ModelConfig.remat_group must be >= 0 (0 disables remat), got {self.remat_group}")
+        for name in ("pre_conv", "share_qk", "use_gate"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"ModelConfig.{name} must be None, True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(
+                f"ModelConfig.tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
             raise ValueError(f"ModelConfig.dtype={self.dtype!r}; expected float32, bfloat16, float16 or float64")
+
+    def _flag(self, name: str) -> bool:
+        value = getattr(self, name)
+        return self.backbone == "mamba" if value is None else value
+
+    @property
+    def has_pre_conv(self) -> bool:
+        """TTT blocks start with the pre-convolution (RMSNorm then depthwise causal conv)."""
+        return self._flag("pre_conv")
+
+    @property
+    def has_qk_conv(self) -> bool:
+        """TTT layers project x once (wq) and get q, k from two depthwise convolutions; no wk."""
+        return self._flag("share_qk")
+
+    @property
+    def has_gate(self) -> bool:
+        """TTT layers gate their output with gelu_tanh(x wg)."""
+        return self._flag("use_gate")
 
     @property
     def head_dim(self) -> int:

@@ -44,7 +44,7 @@ def init_block_cache(cfg: ModelConfig, kind: str, batch: int, size: int) -> dict
     if kind == "attention":
         return {"seq": init_kv_cache(batch, size, cfg.n_heads, cfg.head_dim, dtype)}
     cache = {"seq": init_ttt_layer_cache(cfg, batch)}
-    if cfg.backbone == "mamba":
+    if cfg.has_pre_conv:
         cache["conv"] = jnp.zeros((batch, cfg.conv_width - 1, cfg.d_model), dtype)
     return cache
 
@@ -57,7 +57,7 @@ class Block(nnx.Module):
         self.dtype = jnp.dtype(cfg.dtype)
         norm = lambda: nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=self.dtype,
                                    param_dtype=jnp.float32, rngs=rngs)
-        self.has_conv = kind != "attention" and cfg.backbone == "mamba"
+        self.has_conv = kind != "attention" and cfg.has_pre_conv
         if self.has_conv:
             self.conv = PreConv(cfg, rngs=rngs)
         self.seq_norm = norm()
@@ -108,7 +108,8 @@ class LayerGroup(nnx.Module):
 
 
 class HybridLM(nnx.Module):
-    """Decoder-only LM mixing TTT-Linear, TTT-MLP and attention layers; tied embeddings."""
+    """Decoder-only LM mixing TTT-Linear, TTT-MLP and attention layers; tied embeddings unless
+    `cfg.tie_word_embeddings` is False (then `lm_head` [D, V])."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -125,6 +126,10 @@ class HybridLM(nnx.Module):
         else:
             self.layers = LayerGroup(cfg, cfg.layer_kinds, rngs=rngs)
         self.ln_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, param_dtype=jnp.float32, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
+                                      kernel_init=nnx.initializers.normal(cfg.init_std),
+                                      param_dtype=jnp.float32, rngs=rngs)
 
     # -- decoding state --------------------------------------------------------
 
@@ -168,7 +173,7 @@ class HybridLM(nnx.Module):
             h, new_layers, layer_stats = self.layers(h, layer_cache, pos, return_ttt_stats, ttt_lr_mult)
             stats = {i: st for i, st in enumerate(layer_stats) if st is not None}
         h = self.ln_f(h).astype(jnp.float32)
-        logits = self.embed.attend(h)
+        logits = self.embed.attend(h) if cfg.tie_word_embeddings else self.lm_head(h)
         out = (logits,)
         if cache is not None:
             out += ({"pos": cache["pos"] + tokens.shape[1], "layers": new_layers},)

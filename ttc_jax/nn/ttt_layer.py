@@ -15,7 +15,7 @@ from einops import rearrange
 from flax import nnx
 from jaxtyping import Array, Float
 
-from ttc_jax.nn.config import TTT_KINDS, ModelConfig
+from ttc_jax.nn.config import TTT_KINDS, TTT_NORM_EPS, ModelConfig
 from ttc_jax.nn.conv import CausalConv
 from ttc_jax.nn.rope import apply_rope
 from ttc_jax.ttt import LEARNERS, gelu_tanh, ttt
@@ -25,7 +25,7 @@ from ttc_jax.ttt.tracing import is_traced
 def init_ttt_layer_cache(cfg: ModelConfig, batch: int) -> dict:
     """Decoding state before the first token: a fresh inner state (None), zero conv windows."""
     cache = {"state": None}
-    if cfg.backbone == "mamba":
+    if cfg.has_qk_conv:
         window = jnp.zeros((batch, cfg.conv_width - 1, cfg.d_model), jnp.dtype(cfg.dtype))
         cache["conv_q"], cache["conv_k"] = window, window
     return cache
@@ -38,26 +38,27 @@ class TTTLayer(nnx.Module):
         if kind not in TTT_KINDS:
             raise ValueError(f"TTTLayer: kind={kind!r}; expected one of {TTT_KINDS}")
         self.kind = kind
-        self.mamba = cfg.backbone == "mamba"
+        self.qk_conv, self.gate = cfg.has_qk_conv, cfg.has_gate
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.mini_batch_size = cfg.mini_batch_size
         self.base_lr = cfg.base_lr(kind)
         self.rope_theta = cfg.rope_theta
         self.remat_group = cfg.remat_group
         self.impl = cfg.ttt_impl
-        self.eps = cfg.norm_eps
+        self.eps = TTT_NORM_EPS
         self.dtype = jnp.dtype(cfg.dtype)
         D, H, F, K = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.mini_batch_size
         normal = nnx.initializers.normal(cfg.init_std)
         lin = dict(use_bias=False, kernel_init=normal, dtype=self.dtype, param_dtype=jnp.float32, rngs=rngs)
 
         self.wq = nnx.Linear(D, D, **lin)
-        if self.mamba:
+        if self.qk_conv:
             self.conv_q = CausalConv(D, cfg.conv_width, rngs=rngs)
             self.conv_k = CausalConv(D, cfg.conv_width, rngs=rngs)
-            self.wg = nnx.Linear(D, D, **lin)
         else:
             self.wk = nnx.Linear(D, D, **lin)
+        if self.gate:
+            self.wg = nnx.Linear(D, D, **lin)
         self.wv = nnx.Linear(D, D, **lin)
         self.wo = nnx.Linear(D, D, **lin)
 
@@ -72,7 +73,7 @@ class TTTLayer(nnx.Module):
             n: nnx.Param(nnx.initializers.normal(stds[n])(rngs.params(), s, jnp.float32) if n in stds
                          else jnp.zeros(s, jnp.float32))
             for n, s in LEARNERS[kind].weight_shapes(H, F).items()})
-        self.post_norm = nnx.LayerNorm(D, epsilon=cfg.norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
+        self.post_norm = nnx.LayerNorm(D, epsilon=TTT_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32,
                                        rngs=rngs)
 
     def token_scale(self) -> Float[Array, " K"]:
@@ -102,7 +103,7 @@ class TTTLayer(nnx.Module):
         x = x.astype(self.dtype)
         cache = cache if cache is not None else {}
         new_cache = {}
-        if self.mamba:
+        if self.qk_conv:
             xqk = self.wq(x)
             q, new_cache["conv_q"] = self.conv_q(xqk, cache.get("conv_q"))
             k, new_cache["conv_k"] = self.conv_k(xqk, cache.get("conv_k"))
@@ -126,7 +127,7 @@ class TTTLayer(nnx.Module):
                   remat_group=self.remat_group, return_stats=return_stats, eps=self.eps)
         z, new_cache["state"] = out[0], out[1]
         o = self.post_norm(rearrange(z, "b h t f -> b t (h f)"))
-        if self.mamba:
+        if self.gate:
             o = gelu_tanh(self.wg(x)) * o
         y = self.wo(o.astype(self.dtype))
         return (y, new_cache, out[2]) if return_stats else (y, new_cache)

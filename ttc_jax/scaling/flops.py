@@ -2,8 +2,10 @@
 
 Works on any config object with vocab_size, d_model, n_layers, n_heads, head_dim, ffn_dim,
 layer_kinds (per layer "ttt_linear" | "ttt_mlp" | "attention"), backbone ("transformer" | "mamba"),
-mini_batch_size (K), conv_width, sliding_window (and, for training, remat_group / remat_layers).
-The architecture is that of docs ttt-math.md: pre-norm blocks, SwiGLU FFN, tied embeddings.
+mini_batch_size (K), conv_width, sliding_window (and, for training, remat_group / remat_layers);
+optionally pre_conv / share_qk / use_gate (None or absent: from the backbone) and
+tie_word_embeddings (absent: tied).
+The architecture is that of docs ttt-math.md: pre-norm blocks, SwiGLU FFN, tied embeddings by default.
 
 Conventions
 - A multiply-add is 2 FLOPs (as XLA counts). Only contractions are counted: dense projections,
@@ -14,7 +16,9 @@ Conventions
 - Per token and layer, with D = d_model, H heads of width F, ffn width Fh, conv width w:
     attention layer: 8 D^2 (q, k, v, o) + 4 D ctx (QK^T and AV over ctx keys)
     TTT layer: 8 D^2 (q, k, v, o; Mamba: q, v, o, gate) + 2 H D (token learning rate)
-               + 6 w D on the Mamba backbone (conv_q, conv_k and the block's pre-conv)
+               + 6 w D on the Mamba backbone (conv_q, conv_k and the block's pre-conv);
+               with the flags mixed: 6 D^2 (q, v, o) + 2 D^2 without share_qk (k) + 2 D^2 with use_gate,
+               4 w D with share_qk (conv_q, conv_k), 2 w D with pre_conv
     FFN: 6 D Fh;  LM head: 2 D V per position that produces logits.
 - TTT inner loop, dual form, per head and mini-batch of m tokens (m = K except a partial one):
     TTT-Linear: 6 m F^2 (kW, qW, W update) + 6 m^2 F (qk^T, (E*A)G, tril(E)G) + 2 m F (bias update)
@@ -43,7 +47,7 @@ _FIELDS = ("dense", "attention", "ttt_inner", "ffn", "conv", "head")
 
 @dataclasses.dataclass(frozen=True)
 class ParamCount:
-    """Parameters; the embedding is tied with the LM head and counted once."""
+    """Parameters; `embedding` is the input embedding plus, when untied, the LM head (V x D each)."""
 
     embedding: int
     non_embedding: int
@@ -144,6 +148,14 @@ def _dims(cfg: Any) -> tuple[int, int, int, int, int, int, int]:
     return D, H, F, int(cfg.ffn_dim), int(cfg.vocab_size), int(cfg.mini_batch_size), int(cfg.conv_width)
 
 
+def _flags(cfg: Any) -> tuple[bool, bool, bool]:
+    """(pre_conv, share_qk, use_gate) of the TTT blocks; a None or missing flag follows the backbone."""
+    mamba = getattr(cfg, "backbone", "mamba") == "mamba"
+    pre_conv, share_qk, use_gate = (mamba if getattr(cfg, n, None) is None else bool(getattr(cfg, n))
+                                    for n in ("pre_conv", "share_qk", "use_gate"))
+    return pre_conv, share_qk, use_gate
+
+
 def _inner_params(kind: str, H: int, F: int) -> int:
     if kind == "ttt_linear":
         return H * (F * F + F)
@@ -158,21 +170,24 @@ def layer_param_count(cfg: Any, kind: str) -> int:
         return n + 4 * D * D
     if kind not in ("ttt_linear", "ttt_mlp"):
         raise ValueError(f"layer kind={kind!r}; expected 'ttt_linear', 'ttt_mlp' or 'attention'")
-    n += 4 * D * D  # q, k, v, o (Transformer) or q, v, o, gate (Mamba)
+    pre_conv, share_qk, use_gate = _flags(cfg)
+    n += (3 + (not share_qk) + use_gate) * D * D  # q, v, o [+ k] [+ gate]
     n += H * D + H + K  # token lr (theta, bias), learnable token index
     n += 2 * D + 2 * D  # ttt_norm (scale, bias per head), post_norm
     n += _inner_params(kind, H, F)
-    if cfg.backbone == "mamba":
+    if share_qk:
         n += 2 * (w * D + D)  # conv_q, conv_k with bias
+    if pre_conv:
         n += D + w * D + D  # pre-conv: norm, depthwise conv with bias
     return n
 
 
 def param_count(cfg: Any) -> ParamCount:
-    """Embedding (V x D, tied) and non-embedding parameters (blocks and the final norm)."""
+    """Embedding (V x D, twice when the LM head is untied) and non-embedding parameters (blocks, final norm)."""
     D = int(cfg.d_model)
     body = sum(layer_param_count(cfg, kind) for kind in cfg.layer_kinds) + D
-    return ParamCount(embedding=int(cfg.vocab_size) * D, non_embedding=body)
+    tables = 1 if getattr(cfg, "tie_word_embeddings", True) else 2
+    return ParamCount(embedding=tables * int(cfg.vocab_size) * D, non_embedding=body)
 
 
 # --- FLOPs ------------------------------------------------------------------------------------------------
@@ -242,9 +257,13 @@ def _layers_flops(cfg: Any, n: int, start: int, *, decode: bool, causal_skip: bo
     D, H, F, Fh, _, K, w = _dims(cfg)
     window = getattr(cfg, "sliding_window", None)
     dense = attn = inner = ffn = conv = 0.0
+    pre_conv, share_qk, use_gate = _flags(cfg)
     for kind in cfg.layer_kinds:
         ffn += 6 * D * Fh * n
-        dense += 8 * D * D * n
+        if kind == "attention":
+            dense += 8 * D * D * n
+        else:
+            dense += 2 * (3 + (not share_qk) + use_gate) * D * D * n
         if kind == "attention":
             if decode and cache_size is not None:  # a fixed-size cache attended with a mask
                 ctx = n * cache_size
@@ -255,8 +274,7 @@ def _layers_flops(cfg: Any, n: int, start: int, *, decode: bool, causal_skip: bo
             attn += 4 * D * ctx
             continue
         dense += 2 * H * D * n
-        if cfg.backbone == "mamba":
-            conv += 6 * w * D * n
+        conv += (4 * share_qk + 2 * pre_conv) * w * D * n
         if decode:
             inner += n * _inner_decode_token(kind, H, F)
         else:
