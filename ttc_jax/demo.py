@@ -22,6 +22,9 @@ def _params_by_kind(model: HybridLM) -> dict[str, int]:
     kinds = cfg.layer_pattern if model.n_groups else cfg.layer_kinds
     for i, kind in enumerate(kinds):
         counts[kind] = counts.get(kind, 0) + sum(int(x.size) for x in jax.tree.leaves(blocks[i]))
+    if model.n_groups and model.layers_rest is not None:  # layers after the last full period
+        for block in model.layers_rest.blocks:
+            counts[block.kind] += sum(int(x.size) for x in jax.tree.leaves(nnx.state(block, nnx.Param)))
     counts["final_norm"] = int(model.ln_f.scale.size)
     counts["total"] = sum(counts.values())
     return counts

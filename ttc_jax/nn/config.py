@@ -130,9 +130,10 @@ class ModelConfig:
 
     @property
     def scan_period(self) -> int | None:
-        """Layers per scanned group, or None when layers cannot be stacked."""
+        """Layers per scanned group (one period of the pattern), or None when not even one group fits;
+        the last n_layers % period layers then run unscanned after the groups."""
         p = len(self.layer_pattern)
-        return p if self.n_layers % p == 0 else None
+        return p if self.n_layers >= p else None
 
     def base_lr(self, kind: str) -> float:
         if self.ttt_base_lr is not None:

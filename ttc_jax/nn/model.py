@@ -12,6 +12,9 @@ and one-token steps are the same call.
 
 from __future__ import annotations
 
+import numbers
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +27,13 @@ from ttc_jax.nn.conv import CausalConv
 from ttc_jax.nn.mlp import SwiGLU
 from ttc_jax.nn.ttt_layer import TTTLayer, init_ttt_layer_cache
 from ttc_jax.ttt.tracing import is_traced
+
+
+def _check_dtype_available(cfg: ModelConfig) -> None:
+    """float64 needs 64-bit JAX; without it JAX would silently compute in float32."""
+    if jnp.dtype(cfg.dtype) == jnp.float64 and not jax.config.read("jax_enable_x64"):
+        raise ValueError("ModelConfig.dtype='float64' needs 64-bit JAX; enable it with "
+                         "jax.config.update('jax_enable_x64', True) or use dtype='float32'")
 
 
 class PreConv(nnx.Module):
@@ -112,6 +122,7 @@ class HybridLM(nnx.Module):
     `cfg.tie_word_embeddings` is False (then `lm_head` [D, V])."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        _check_dtype_available(cfg)
         self.cfg = cfg
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(cfg.init_std),
                                param_dtype=jnp.float32, rngs=rngs)
@@ -123,6 +134,9 @@ class HybridLM(nnx.Module):
             def make(rngs):
                 return LayerGroup(cfg, cfg.layer_pattern, rngs=rngs)
             self.layers = make(rngs)
+            # n_layers not a multiple of the pattern: the last n_layers % period layers run unscanned
+            rest = cfg.layer_kinds[self.n_groups * period:]
+            self.layers_rest = LayerGroup(cfg, rest, rngs=rngs) if rest else None
         else:
             self.layers = LayerGroup(cfg, cfg.layer_kinds, rngs=rngs)
         self.ln_f = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, param_dtype=jnp.float32, rngs=rngs)
@@ -135,10 +149,17 @@ class HybridLM(nnx.Module):
 
     def init_cache(self, batch_size: int, cache_size: int | None = None) -> dict:
         """State before the first token, for up to `cache_size` positions (attention KV caches)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}; expected an int >= 1")
+        batch_size = int(batch_size)
         size = cache_size or self.cfg.max_seq_len
         if self.n_groups:
             one = tuple(init_block_cache(self.cfg, k, batch_size, size) for k in self.cfg.layer_pattern)
             layers = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.n_groups, *a.shape)), one)
+            if self.layers_rest is not None:
+                rest = self.cfg.layer_kinds[self.n_groups * len(self.cfg.layer_pattern):]
+                layers = {"groups": layers, "rest": tuple(init_block_cache(self.cfg, k, batch_size, size)
+                                                          for k in rest)}
         else:
             layers = tuple(init_block_cache(self.cfg, k, batch_size, size) for k in self.cfg.layer_kinds)
         return {"pos": jnp.zeros((), jnp.int32), "layers": layers}
@@ -151,11 +172,18 @@ class HybridLM(nnx.Module):
         inner-loss stats if asked: {layer index: stats of `ttc_jax.ttt.ttt_linear`} for TTT layers.
         `ttt_lr_mult` (scalar) multiplies every TTT layer's eta: the official inner base-lr warmup."""
         self.check_tokens(tokens)
+        _check_dtype_available(self.cfg)
+        if cache is not None and not (isinstance(cache, Mapping) and "pos" in cache and "layers" in cache):
+            got = sorted(cache) if isinstance(cache, Mapping) else type(cache).__name__
+            raise ValueError(f"cache has keys {got}; expected the dict from init_cache (keys 'pos' and 'layers')")
         cfg = self.cfg
         pos = 0 if cache is None else cache["pos"]
         h = self.embed(tokens).astype(jnp.dtype(cfg.dtype))
         layer_cache = None if cache is None else cache["layers"]
         if self.n_groups:
+            rest_cache = None
+            if self.layers_rest is not None and layer_cache is not None:
+                layer_cache, rest_cache = layer_cache["groups"], layer_cache["rest"]
             graphdef, params = nnx.split(self.layers)
 
             def body(h, xs):
@@ -169,6 +197,12 @@ class HybridLM(nnx.Module):
             period = len(cfg.layer_pattern)
             stats = {g * period + j: jax.tree.map(lambda a: a[g], st)
                      for j, st in enumerate(group_stats) if st is not None for g in range(self.n_groups)}
+            if self.layers_rest is not None:
+                h, rest_new, rest_stats = self.layers_rest(h, rest_cache, pos, return_ttt_stats, ttt_lr_mult)
+                start = self.n_groups * period
+                stats.update({start + j: st for j, st in enumerate(rest_stats) if st is not None})
+                if cache is not None:
+                    new_layers = {"groups": new_layers, "rest": rest_new}
         else:
             h, new_layers, layer_stats = self.layers(h, layer_cache, pos, return_ttt_stats, ttt_lr_mult)
             stats = {i: st for i, st in enumerate(layer_stats) if st is not None}
@@ -189,6 +223,8 @@ class HybridLM(nnx.Module):
             raise ValueError(f"tokens has shape {tuple(getattr(tokens, 'shape', ()))}; expected [B, T]")
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"tokens has dtype {tokens.dtype}; expected an integer dtype")
+        if tokens.shape[0] == 0:
+            raise ValueError(f"tokens has shape {tuple(tokens.shape)} with B=0 rows; expected a batch of B >= 1")
         if tokens.shape[1] == 0:
             raise ValueError("tokens has T=0 tokens; expected T >= 1")
         if not is_traced(tokens):
