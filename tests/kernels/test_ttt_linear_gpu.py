@@ -176,7 +176,7 @@ def test_entry_continuation_and_vmap():
 
 def test_decode_kernel_equals_the_full_pass():
     """Token by token with a traced position (the decode kernel, float32), across a mini-batch end."""
-    S, t0, n_dec = 2, 13, 4  # positions 13..16: the mini-batch commits after position 15
+    S, t0, n_dec = 1, 14, 3  # positions 14..16: the mini-batch commits after position 15
     q, k, v, lr, s, w, lns, lnb = _seq_inputs(S, t0 + n_dec)
     zr, _ = _entry(q, k, v, lr, s, w, lns, lnb, impl="xla")
     _, st = _entry(q[..., :t0, :], k[..., :t0, :], v[..., :t0, :], lr[..., :t0], s, w, lns, lnb, impl="xla")
@@ -191,6 +191,20 @@ def test_decode_kernel_equals_the_full_pass():
         zt, st = decode(st, q[..., t:t + 1, :], k[..., t:t + 1, :], v[..., t:t + 1, :], lr[..., t:t + 1])
         zs.append(zt)
     assert rel(jnp.concatenate(zs, axis=2), zr[..., t0:, :]) < 1e-5
+
+
+@pytest.mark.slow
+def test_forward_under_the_gpu_race_detector():
+    """InterpretGPUParams(detect_races=True): shared-memory reads/writes vs TMA copies between the
+    interpreter's threads (it models warpgroups, not the threads inside one)."""
+    from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+
+    x = flat_inputs(N=1, T=128, mbs=32)
+    sp = gpu_backend.GPUSpec(learner=LINEAR, backend="gpu", group=2, eps=1e-6, interpret=True,
+                             matmul_dtype="float32", detect_races=True)
+    z, _, _ = jax.block_until_ready(jax.jit(functools.partial(gpu_backend.forward, sp))(*x))
+    assert rel(z, xla_full(*x)[0]) < 1e-5
+    assert not gpu_callbacks.get_races().races_found
 
 
 def _lower(fn, *shapes):
