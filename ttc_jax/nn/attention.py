@@ -16,6 +16,7 @@ from flax import nnx, struct
 from jaxtyping import Array, Float, Int
 
 from ttc_jax.nn.config import ModelConfig
+from ttc_jax.nn.partitioning import constrain, name_axes
 from ttc_jax.nn.rope import apply_rope
 from ttc_jax.ttt.tracing import is_traced
 
@@ -64,6 +65,8 @@ class Attention(nnx.Module):
         self.wk = nnx.Linear(D, D, **kw)
         self.wv = nnx.Linear(D, D, **kw)
         self.wo = nnx.Linear(D, D, **kw)
+        name_axes(self, {"wq.kernel": ("embed", "heads"), "wk.kernel": ("embed", "heads"),
+                         "wv.kernel": ("embed", "heads"), "wo.kernel": ("heads", "embed")})
 
     def __call__(self, x: Float[Array, "b t d"], *, cache: KVCache | None = None,
                  pos: int | Int[Array, ""] = 0) -> tuple[Float[Array, "b t d"], KVCache | None]:
@@ -86,6 +89,8 @@ class Attention(nnx.Module):
         q = apply_rope(self.wq(x).reshape(B, T, H, F), q_pos, self.rope_theta)
         k = apply_rope(self.wk(x).reshape(B, T, H, F), q_pos, self.rope_theta)
         v = self.wv(x).reshape(B, T, H, F)
+        q, k, v = (constrain(a, "activation_batch", "activation_length", "activation_heads", None)
+                   for a in (q, k, v))
 
         if cache is None:
             k_pos = q_pos

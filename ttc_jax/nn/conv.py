@@ -6,6 +6,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
+from ttc_jax.nn.partitioning import name_axes
+
 
 class CausalConv(nnx.Module):
     """Depthwise causal convolution: y_t = bias + sum_w kernel[w] * x_{t-(width-1)+w}.
@@ -26,6 +28,7 @@ class CausalConv(nnx.Module):
         # lecun_normal on [width, channels] has fan_in = width, as flax's depthwise nn.Conv
         self.kernel = nnx.Param(kernel_init(rngs.params(), (width, channels), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+        name_axes(self, {"kernel": ("conv_width", "conv_channels"), "bias": ("conv_channels",)})
 
     def init_window(self, batch: int, dtype=jnp.float32) -> Float[Array, "b w1 c"]:
         """Zero window [batch, width-1, channels] for the start of a sequence."""

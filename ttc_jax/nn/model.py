@@ -25,6 +25,7 @@ from ttc_jax.nn.attention import Attention, init_kv_cache
 from ttc_jax.nn.config import ModelConfig
 from ttc_jax.nn.conv import CausalConv
 from ttc_jax.nn.mlp import SwiGLU
+from ttc_jax.nn.partitioning import constrain, name_axes
 from ttc_jax.nn.ttt_layer import TTTLayer, init_ttt_layer_cache
 from ttc_jax.ttt.tracing import is_traced
 
@@ -43,6 +44,7 @@ class PreConv(nnx.Module):
         self.conv_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
                                      param_dtype=jnp.float32, rngs=rngs)
         self.conv1 = CausalConv(cfg.d_model, cfg.conv_width, rngs=rngs)
+        name_axes(self, {"conv_norm.scale": ("norm",)})
 
     def __call__(self, h, window=None):
         return self.conv1(self.conv_norm(h), window)
@@ -77,6 +79,7 @@ class Block(nnx.Module):
             self.seq_modeling_block = TTTLayer(cfg, kind, rngs=rngs)
         self.ffn_norm = norm()
         self.feed_forward = SwiGLU(cfg.d_model, cfg.ffn_dim, init_std=cfg.init_std, dtype=self.dtype, rngs=rngs)
+        name_axes(self, {"seq_norm.scale": ("norm",), "ffn_norm.scale": ("norm",)})
 
     def __call__(self, h, cache: dict | None, pos, return_stats: bool = False, ttt_lr_mult=1.0):
         """(h, new cache or None, inner-loss stats of a TTT layer or None)."""
@@ -130,7 +133,7 @@ class HybridLM(nnx.Module):
         self.n_groups = cfg.n_layers // period if period else None
         if period:
             @nnx.split_rngs(splits=self.n_groups)
-            @nnx.vmap(in_axes=(0,), out_axes=0)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def make(rngs):
                 return LayerGroup(cfg, cfg.layer_pattern, rngs=rngs)
             self.layers = make(rngs)
@@ -144,6 +147,8 @@ class HybridLM(nnx.Module):
             self.lm_head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False,
                                       kernel_init=nnx.initializers.normal(cfg.init_std),
                                       param_dtype=jnp.float32, rngs=rngs)
+        name_axes(self, {"embed.embedding": ("vocab", "embed"), "ln_f.scale": ("norm",),
+                         "lm_head.kernel": ("embed", "vocab")})
 
     # -- decoding state --------------------------------------------------------
 
@@ -179,6 +184,7 @@ class HybridLM(nnx.Module):
         cfg = self.cfg
         pos = 0 if cache is None else cache["pos"]
         h = self.embed(tokens).astype(jnp.dtype(cfg.dtype))
+        h = constrain(h, "activation_batch", "activation_length", "activation_embed")
         layer_cache = None if cache is None else cache["layers"]
         if self.n_groups:
             rest_cache = None
@@ -208,6 +214,7 @@ class HybridLM(nnx.Module):
             stats = {i: st for i, st in enumerate(layer_stats) if st is not None}
         h = self.ln_f(h).astype(jnp.float32)
         logits = self.embed.attend(h) if cfg.tie_word_embeddings else self.lm_head(h)
+        logits = constrain(logits, "activation_batch", "activation_length", "activation_vocab")
         out = (logits,)
         if cache is not None:
             out += ({"pos": cache["pos"] + tokens.shape[1], "layers": new_layers},)

@@ -17,6 +17,7 @@ from jaxtyping import Array, Float
 
 from ttc_jax.nn.config import TTT_KINDS, TTT_NORM_EPS, ModelConfig
 from ttc_jax.nn.conv import CausalConv
+from ttc_jax.nn.partitioning import FAST_WEIGHT_AXES, constrain, name_axes
 from ttc_jax.nn.rope import apply_rope
 from ttc_jax.ttt import LEARNERS, gelu_tanh, ttt
 from ttc_jax.ttt.tracing import is_traced
@@ -75,6 +76,13 @@ class TTTLayer(nnx.Module):
             for n, s in LEARNERS[kind].weight_shapes(H, F).items()})
         self.post_norm = nnx.LayerNorm(D, epsilon=TTT_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32,
                                        rngs=rngs)
+        proj_in = ("embed", "heads")
+        name_axes(self, {"wq.kernel": proj_in, "wk.kernel": proj_in, "wv.kernel": proj_in, "wg.kernel": proj_in,
+                         "wo.kernel": ("heads", "embed"), "learnable_token_idx": ("mini_batch",),
+                         "ttt_lr_weight": ("heads", "embed"), "ttt_lr_bias": ("heads",),
+                         "ttt_norm_scale": ("heads", "head_dim"), "ttt_norm_bias": ("heads", "head_dim"),
+                         "post_norm.scale": ("norm",), "post_norm.bias": ("norm",),
+                         **{f"fast_weights.{n}": FAST_WEIGHT_AXES[kind][n] for n in self.fast_weights}})
 
     def token_scale(self) -> Float[Array, " K"]:
         """Row factors s_i = max(0, 1/(i+1) + a_i)."""
@@ -114,7 +122,8 @@ class TTTLayer(nnx.Module):
         split = lambda a: a.reshape(B, T, H, F)
         q = apply_rope(split(q), positions, self.rope_theta)
         k = apply_rope(split(k), positions, self.rope_theta)
-        q, k, v = (rearrange(a, "b t h f -> b h t f") for a in (q, k, split(v)))
+        q, k, v = (constrain(rearrange(a, "b t h f -> b h t f"), "activation_batch", "activation_heads",
+                             "activation_length", None) for a in (q, k, split(v)))
 
         lr = self.token_lr(x)
         if not (isinstance(lr_mult, (int, float)) and lr_mult == 1.0):
