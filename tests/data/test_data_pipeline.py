@@ -136,6 +136,8 @@ def test_default_corpus_is_the_stdlib_with_tests_held_out(tmp_path_factory):
     assert not any(is_test_file(f) for f in splits["train"] | splits["validation"])
     assert all(f.endswith(".py") and "site-packages/" not in f for s in splits.values() for f in s)
     assert m["source"]["kind"] == "stdlib" and m["splits"]["train"]["n_tokens"] > 10 * 2 ** 20
+    assert {"asyncio", "email", "test"} <= set(m["source"]["subfolders"])
+    assert "site-packages" not in m["source"]["subfolders"]
 
 
 # --- packing ------------------------------------------------------------------

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import sysconfig
 from collections.abc import Iterator
 
@@ -69,8 +70,11 @@ def resolve_source(source: str | os.PathLike | None, *, text_field: str = "text"
     if source is None or os.fspath(source) == "stdlib":
         root = stdlib_root()
         files = _walk(root, (".py",), STDLIB_EXCLUDED_DIRS)
+        rel = [os.path.relpath(f, root).split(os.sep) for f in files]
         desc = {"kind": "stdlib", "root": root, "pattern": "**/*.py",
-                "excluded_dirs": list(STDLIB_EXCLUDED_DIRS)}
+                "excluded_dirs": list(STDLIB_EXCLUDED_DIRS),
+                "subfolders": sorted({r[0] for r in rel if len(r) > 1}),
+                "python": platform.python_version()}
         if not files:
             raise ValueError(f"source='stdlib': no *.py files under {root!r}")
         return Corpus("stdlib", root, tuple(files), desc)
