@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -117,7 +118,8 @@ def _full(backend, spec, q, k, v, lr, token_scale, weights, ln_scale, ln_bias):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _core(key, q, k, v, lr, s, ws, ln_scale, ln_bias):
     backend, spec = key
-    z, ws_end, _ = backend.forward(spec, q, k, v, lr, s, ws, ln_scale, ln_bias)
+    # not differentiated: the kernel need not write the group-boundary states
+    z, ws_end, _ = backend.forward(dataclasses.replace(spec, save_bounds=False), q, k, v, lr, s, ws, ln_scale, ln_bias)
     return z, ws_end
 
 

@@ -6,7 +6,8 @@ functions on flattened sequences (N = B * H rows of work, weights as a tuple (w1
 
     forward(spec, q, k, v, lr, s, ws, ln_scale, ln_bias) -> (z, ws_final, ws_bounds)
         q, k, v [N, T, F] with T a multiple of spec.group * K; lr [N, T, 1]; s [K, 1];
-        ln_scale, ln_bias [N, 1, F]; ws_bounds: the weights at the start of every group, [N, n_groups, a, b].
+        ln_scale, ln_bias [N, 1, F]; ws_bounds: the weights at the start of every group, [N, n_groups, a, b]
+        (None allowed when not spec.save_bounds: the call is not differentiated).
     backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final)
         -> (dq, dk, dv, dlr, ds [N, K, 1], dws0, dln_scale [N, 1, F], dln_bias [N, 1, F])
     decode(spec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs) -> (z, ws, accs)
@@ -37,6 +38,7 @@ class KernelSpec:
     interpret: bool
     detect_races: bool = False
     block_sequences: int = 8
+    save_bounds: bool = True  # False: no gradient will be taken; forward may return ws_bounds=None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from . import minibatch
 from .registry import KernelSpec
-from .tpu_forward import _row, compiler_params, interpret_arg
+from .tpu_forward import SQ, _row, compiler_params, interpret_arg
 
 
 def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
@@ -93,10 +93,10 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
             dlnb_ref[...] = db_a
 
     rev = lambda i, g: (i, n_groups - 1 - g, 0)
-    tok = pl.BlockSpec((None, GK, F), rev)
-    col = pl.BlockSpec((None, GK, 1), rev)
+    tok = pl.BlockSpec((SQ, GK, F), rev)
+    col = pl.BlockSpec((SQ, GK, 1), rev)
     in_specs = [tok, tok, tok, col, pl.BlockSpec((K, 1), lambda i, g: (0, 0)), _row((1, F)), _row((1, F)), tok]
-    in_specs += [pl.BlockSpec((None, None, *sh), lambda i, g: (i, n_groups - 1 - g, 0, 0)) for sh in wshapes]
+    in_specs += [pl.BlockSpec((SQ, SQ, *sh), lambda i, g: (i, n_groups - 1 - g, 0, 0)) for sh in wshapes]
     in_specs += [_row(sh) for sh in wshapes]
     out_specs = [tok, tok, tok, col, _row((K, 1)), _row((1, F)), _row((1, F))] + [_row(sh) for sh in wshapes]
     f32 = jnp.float32

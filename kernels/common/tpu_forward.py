@@ -3,7 +3,8 @@
 Grid axis 0 runs over the N = B * H sequences ("parallel"), axis 1 over groups of
 `spec.group` mini-batches in order ("arbitrary"). The weights live in VMEM scratch across
 the whole sequence; each step writes them out once as the group's boundary state (for the
-backward's recomputation), then runs its mini-batches in a `fori_loop`.
+backward's recomputation; skipped when spec.save_bounds is False, i.e. no gradient is taken),
+then runs its mini-batches in a `fori_loop`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from jax.experimental.pallas import tpu as pltpu
 from . import minibatch
 from .registry import KernelSpec
 
+SQ = getattr(pl, "squeezed", None)  # a squeezed block dim (None in older JAX)
+
 
 def interpret_arg(spec: KernelSpec):
     if not spec.interpret:
@@ -31,7 +34,7 @@ def compiler_params():
 
 def _row(shape):
     """BlockSpec of a per-sequence array [N, *shape] indexed only by the sequence."""
-    return pl.BlockSpec((None, *shape), lambda i, g: (i,) + (0,) * len(shape))
+    return pl.BlockSpec((SQ, *shape), lambda i, g: (i,) + (0,) * len(shape))
 
 
 def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
@@ -45,7 +48,8 @@ def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
     def kernel(q_ref, k_ref, v_ref, lr_ref, s_ref, lns_ref, lnb_ref, *refs):
         w0_refs, refs = refs[:n_w], refs[n_w:]
         z_ref, refs = refs[0], refs[1:]
-        wT_refs, wB_refs, scr = refs[:n_w], refs[n_w:2 * n_w], refs[2 * n_w:]
+        wT_refs, refs = refs[:n_w], refs[n_w:]
+        wB_refs, scr = (refs[:n_w], refs[n_w:]) if spec.save_bounds else ((), refs)
         g = pl.program_id(1)
 
         @pl.when(g == 0)
@@ -73,19 +77,20 @@ def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
             for wt, w in zip(wT_refs, ws_end):
                 wt[...] = w
 
-    tok = pl.BlockSpec((None, GK, F), lambda i, g: (i, g, 0))
-    col = pl.BlockSpec((None, GK, 1), lambda i, g: (i, g, 0))
+    tok = pl.BlockSpec((SQ, GK, F), lambda i, g: (i, g, 0))
+    col = pl.BlockSpec((SQ, GK, 1), lambda i, g: (i, g, 0))
     in_specs = [tok, tok, tok, col, pl.BlockSpec((K, 1), lambda i, g: (0, 0)), _row((1, F)), _row((1, F))]
     in_specs += [_row(w.shape[1:]) for w in ws]
     out_specs = [tok] + [_row(w.shape[1:]) for w in ws]
-    out_specs += [pl.BlockSpec((None, None, *w.shape[1:]), lambda i, g: (i, g, 0, 0)) for w in ws]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)]
     out_shape += [jax.ShapeDtypeStruct(w.shape, jnp.float32) for w in ws]
-    out_shape += [jax.ShapeDtypeStruct((N, n_groups, *w.shape[1:]), jnp.float32) for w in ws]
+    if spec.save_bounds:
+        out_specs += [pl.BlockSpec((SQ, SQ, *w.shape[1:]), lambda i, g: (i, g, 0, 0)) for w in ws]
+        out_shape += [jax.ShapeDtypeStruct((N, n_groups, *w.shape[1:]), jnp.float32) for w in ws]
     outs = pl.pallas_call(
         kernel, out_shape=out_shape, grid=(N, n_groups), in_specs=in_specs, out_specs=out_specs,
         scratch_shapes=[pltpu.VMEM(w.shape[1:], jnp.float32) for w in ws],
         compiler_params=compiler_params(), interpret=interpret_arg(spec),
         name=f"{spec.learner.name}_fwd",
     )(q, k, v, lr, s, ln_scale, ln_bias, *ws)
-    return outs[0], tuple(outs[1:1 + n_w]), tuple(outs[1 + n_w:])
+    return outs[0], tuple(outs[1:1 + n_w]), (tuple(outs[1 + n_w:]) if spec.save_bounds else None)
