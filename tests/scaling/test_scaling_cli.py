@@ -1,4 +1,4 @@
-"""`ttc scale fit | plan` through a parser built here with `register` (as ttc_jax.cli will wire it)."""
+"""`ttc scale fit | plan` through a parser built here with `register`, as ttc_jax.cli wires it."""
 
 from __future__ import annotations
 

@@ -251,6 +251,7 @@ def fit_chinchilla(N, D, L, *, delta: float = DEFAULT_DELTA, starts: np.ndarray 
     delta = V.positive_number("delta", delta)
     max_iter = V.positive_int("max_iter", max_iter)
     n_bootstrap = V.positive_int("n_bootstrap", n_bootstrap, allow_zero=True)
+    ci = V.probability("ci", ci)  # checked with or without a bootstrap (ci=95 is a common slip for 0.95)
     x0 = chinchilla_start_grid() if starts is None else V.float_array("starts", starts, ndim=2)
     if x0.shape[1] != 5:
         raise ValueError(f"starts has shape {x0.shape}; expected [S, 5] rows (a, b, e, alpha, beta)")

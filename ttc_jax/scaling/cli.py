@@ -1,7 +1,7 @@
 """`ttc scale fit | plan`: fit scaling laws from CSV, plan test-time budgets from accuracy-curve JSON.
 
-Wire into the `ttc` parser with `ttc_jax.scaling.cli.register(subparsers)`; every sub-command sets
-`func`, a callable taking the parsed args and returning an exit code (0 ok, 2 bad input).
+`ttc_jax.cli` wires this in with `register(subparsers)`; every sub-command sets `func`, a callable
+taking the parsed args and returning an exit code (0 ok, 2 bad input).
 """
 
 from __future__ import annotations

@@ -144,6 +144,12 @@ def curves_from_dict(d: Any) -> CurveSet:
         bins = {str(b): 1.0 for b in bins}
     if not isinstance(bins, Mapping):
         raise ValueError(f"bins={bins!r}; expected an object name -> share or a list of names")
+    if not isinstance(d["strategies"], Mapping):
+        raise ValueError(f"strategies has type {type(d['strategies']).__name__}; expected an object "
+                         "name -> {'cost', 'curves'}")
+    for name, share in (bins.items() if isinstance(bins, Mapping) else ()):
+        if isinstance(share, bool) or not isinstance(share, (int, float)):
+            raise ValueError(f"bins[{name!r}]={share!r}; expected a number (the share of queries in that bin)")
     strategies = {}
     for name, s in d["strategies"].items():
         if not isinstance(s, Mapping) or "curves" not in s or "cost" not in s:
@@ -159,6 +165,12 @@ def curves_from_dict(d: Any) -> CurveSet:
     larger = None
     if d.get("larger_model") is not None:
         lm = d["larger_model"]
+        if not isinstance(lm, Mapping) or "accuracy" not in lm or not isinstance(lm["accuracy"], Mapping):
+            raise ValueError(f"larger_model={lm!r}; expected an object with 'size_ratio' and 'accuracy' "
+                             "(bin name -> accuracy)")
+        for b, a in lm["accuracy"].items():
+            if isinstance(a, bool) or not isinstance(a, (int, float)):
+                raise ValueError(f"larger_model.accuracy[{b!r}]={a!r}; expected a number in [0, 1]")
         larger = LargerModel(size_ratio=V.positive_number("larger_model.size_ratio", lm.get("size_ratio")),
                              accuracy={str(k): float(v) for k, v in lm["accuracy"].items()})
     return CurveSet({str(k): float(v) for k, v in bins.items()}, strategies, larger)

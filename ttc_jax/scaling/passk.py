@@ -43,13 +43,37 @@ def pass_at_k(n, c, k) -> np.ndarray | float:
     out = np.ones(n_.shape, dtype=np.float64)
     live = (n_ - c_) >= k_  # otherwise every k-subset contains a correct sample: pass@k = 1
     if live.any():
-        nl, cl, kl = n_[live], c_[live], k_[live]
-        j = np.arange(int(cl.max()) if cl.size else 0)
-        i = (nl - cl + 1)[:, None] + j[None, :]  # the c factors i = n-c+1 .. n
-        mask = j[None, :] < cl[:, None]
-        terms = np.where(mask, np.log1p(-kl[:, None] / np.where(mask, i, kl[:, None] + 1)), 0.0)
-        out[live] = 0.0 - np.expm1(terms.sum(-1))
+        out[live] = 0.0 - np.expm1(_log_miss(n_[live], c_[live], k_[live]))
     return float(out) if out.ndim == 0 else out
+
+
+_MAX_FACTORS = 4096  # above this many factors per row, the log-gamma closed form
+
+
+def _log_miss(n, c, k):
+    """log C(n - c, k) / C(n, k) for n - c >= k, without materialising anything of size n.
+
+    As a product of min(c, k) factors: prod_{i=n-c+1}^{n} (1 - k/i) = prod_{j=0}^{k-1} (1 - c/(n-j));
+    beyond _MAX_FACTORS factors, log-gamma differences (absolute error ~1e-16 n log n in the log).
+    """
+    from scipy.special import gammaln
+
+    m = np.minimum(c, k)
+    res = np.empty(n.shape, dtype=np.float64)
+    few = m <= _MAX_FACTORS
+    if few.any():
+        nf, cf, kf, mf = n[few], c[few], k[few], m[few]
+        j = np.arange(int(mf.max()))[None, :]
+        mask = j < mf[:, None]
+        c_small = (cf <= kf)[:, None]
+        # c <= k: factors 1 - k / (n - c + 1 + j); else: 1 - c / (n - j)
+        num = np.where(c_small, kf[:, None], cf[:, None]).astype(np.float64)
+        den = np.where(c_small, (nf - cf + 1)[:, None] + j, nf[:, None] - j).astype(np.float64)
+        res[few] = np.where(mask, np.log1p(-num / np.where(mask, den, num + 1)), 0.0).sum(-1)
+    if (~few).any():
+        nb, cb, kb = (a[~few].astype(np.float64) for a in (n, c, k))
+        res[~few] = gammaln(nb - cb + 1) + gammaln(nb - kb + 1) - gammaln(nb - cb - kb + 1) - gammaln(nb + 1)
+    return res
 
 
 def mean_pass_at_k(n, c, ks) -> np.ndarray:

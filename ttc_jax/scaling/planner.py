@@ -138,6 +138,9 @@ def upper_hull(options: Sequence[Option]) -> list[Option]:
 
 
 def _check_budget(curves: CurveSet, budget: float) -> tuple[float, dict[str, list[Option]]]:
+    if not isinstance(curves, CurveSet):
+        raise ValueError(f"curves has type {type(curves).__name__}; expected a CurveSet "
+                         "(parse a dict or JSON with ttc_jax.scaling.curves.curves_from_dict)")
     budget = V.positive_number("budget", budget)
     hulls = {b: upper_hull(bin_options(curves, b)) for b in curves.bins}
     floor = sum(curves.bins[b] * h[0].cost for b, h in hulls.items())
