@@ -124,7 +124,8 @@ def run(args) -> int:
                "policy": args.policy, "prm": args.prm, "orm": args.orm, "levels": {}}
     t0 = time.time()
     for i, lv in enumerate(levels):
-        problems = A.sample_problems(args.seed * 100 + i, lv, args.problems)  # held-out seeds < 1000
+        # held-out problems: seeds below 1000 (training streams use seeds >= 1000), one per level name
+        problems = A.sample_problems(args.seed * 100 + list(A.LEVELS).index(lv), lv, args.problems)
         results["levels"][lv] = evaluate_level(
             policy, prm, orm, problems, ns=ns, strategies=strategies, search_ns=search_ns, m=args.width,
             search_problems=args.search_problems, rng=rng,

@@ -26,6 +26,11 @@ def _round_up(x: int, b: int) -> int:
     return -(-x // b) * b
 
 
+def _row_bucket(n: int, least: int = 64) -> int:
+    """Rows padded to a power of two >= least, so search rounds reuse a few compiled shapes."""
+    return max(least, 1 << max(0, (n - 1).bit_length()))
+
+
 @dataclasses.dataclass
 class TextCodec:
     """Byte-level text <-> ids with the task's special tokens."""
@@ -93,7 +98,7 @@ class Policy:
         for c0 in range(0, len(prefixes), self.max_rows):
             ps, pre = prompts[c0:c0 + self.max_rows], prefixes[c0:c0 + self.max_rows]
             seqs = [self.codec.encode(p + q) for p, q in zip(ps, pre)]
-            rows = 1 << max(0, (len(seqs) - 1).bit_length())
+            rows = _row_bucket(len(seqs))
             x = self.codec.right_aligned(seqs, rows=rows)
             t = np.asarray(generate(self.model, x, self.max_step_tokens, rng=self._key(rng),
                                     temperature=0.0 if greedy else self.temperature,
@@ -135,7 +140,7 @@ class RewardScorer:
         out: list[list[float]] = []
         for c0 in range(0, len(seqs), self.max_rows):
             part = seqs[c0:c0 + self.max_rows]
-            rows = 1 << max(0, (len(part) - 1).bit_length())
+            rows = _row_bucket(len(part))
             x = self.codec.right_aligned(part, rows=rows)
             s = np.asarray(_score(self.model, jnp.asarray(x)))
             L = x.shape[1]

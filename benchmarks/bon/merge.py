@@ -1,0 +1,42 @@
+"""Merge per-level `ttc best-of-n` output folders (run in parallel) into one results.json, curves.json and plots.
+
+  .venv/bin/python benchmarks/bon/merge.py --out benchmarks/results/bon /tmp/bon_easy /tmp/bon_medium /tmp/bon_hard
+"""
+
+import argparse
+import json
+import os
+
+from ttc_jax.search import checkpoint, plots
+from ttc_jax.search.cli import curves_dict
+
+p = argparse.ArgumentParser()
+p.add_argument("--out", required=True)
+p.add_argument("--note", default="")
+p.add_argument("dirs", nargs="+")
+a = p.parse_args()
+
+merged = None
+for d in a.dirs:
+    r = json.load(open(os.path.join(d, "results.json")))
+    if merged is None:
+        merged = {k: v for k, v in r.items() if k != "levels"}
+        merged["levels"], merged["wall_seconds_per_level"] = {}, {}
+    merged["levels"].update(r["levels"])
+    for lv in r["levels"]:
+        merged["wall_seconds_per_level"][lv] = r["wall_seconds"]
+merged.pop("wall_seconds", None)
+merged["note"] = a.note
+os.makedirs(a.out, exist_ok=True)
+with open(os.path.join(a.out, "results.json"), "w") as f:
+    json.dump(merged, f, indent=1)
+policy = checkpoint.load_info(merged["policy"])
+prm = checkpoint.load_info(merged["prm"]) if merged.get("prm") else None
+orm = checkpoint.load_info(merged["orm"]) if merged.get("orm") else None
+cfg = lambda info: checkpoint._config(info) if info else None
+curves = curves_dict(merged, cfg(policy), cfg(prm), cfg(orm))
+with open(os.path.join(a.out, "curves.json"), "w") as f:
+    json.dump(curves, f, indent=1)
+plots.write_all(merged, a.out)
+for lv, d in merged["levels"].items():
+    print(lv, {k: v[max(v, key=int)] for k, v in d["accuracy"].items()})
