@@ -19,3 +19,12 @@ def test_cli_bad_input_is_one_line_and_nonzero(capsys):
     assert main(["demo", "--preset", "ttt-linear-7b"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown preset name='ttt-linear-7b'" in err
+
+
+def test_demo_bad_sizes_are_one_line_errors(capsys):
+    for argv, msg in ((["--batch", "0"], "batch=0; expected an int >= 1"),
+                      (["--seq-len", "1"], "seq_len=1; expected an int >= 2 (half of it is the prompt)"),
+                      (["--new-tokens", "0"], "new_tokens=0; expected an int >= 1")):
+        assert main(["demo", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and msg in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import time
 
 import jax
@@ -46,6 +47,10 @@ def _timed(fn, *args, repeats=3, **kwargs):
 def run_demo(preset: str = "tiny-hybrid", batch: int = 4, seq_len: int = 128, new_tokens: int = 32,
              seed: int = 0) -> dict:
     """Run the demo and return its measurements."""
+    for name, value, lowest, why in (("batch", batch, 1, ""), ("seq_len", seq_len, 2, " (half of it is the prompt)"),
+                                     ("new_tokens", new_tokens, 1, "")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lowest:
+            raise ValueError(f"{name}={value!r}; expected an int >= {lowest}{why}")
     cfg = get_config(preset)
     print(f"ttc-jax demo on {jax.default_backend()} ({jax.device_count()} device(s))")
     print(f"model {preset}: d_model={cfg.d_model} heads={cfg.n_heads} layers={cfg.layer_kinds} "
