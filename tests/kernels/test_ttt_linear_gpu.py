@@ -110,14 +110,14 @@ def test_boundary_states_are_the_weights_at_each_tile_start(fwd_bwd_f32):
 
 def test_xla_backward_for_wide_heads_matches_jax_vjp():
     """The F > 64 backward (XLA recomputation from the kernel's boundary states; no kernel involved)."""
-    x = flat_inputs(N=2, T=128, F=8, seed=6)
+    x = flat_inputs(N=2, T=128, F=8, seed=6, mbs=32)
     (z_ref, w_ref), vjp = jax.vjp(xla_full, *x)
     rng = np.random.default_rng(2)
     dz = jnp.asarray(rng.standard_normal(z_ref.shape), jnp.float32)
     dws = tuple(jnp.asarray(rng.standard_normal(w.shape), jnp.float32) for w in w_ref)
     _, w_mid = xla_full(*(a[:, :64] for a in x[:4]), *x[4:])
     bounds = tuple(jnp.stack([a, b], axis=1) for a, b in zip(x[5], w_mid))
-    got = gpu_backend._xla_backward(spec(), *x[:5], bounds, *x[6:], dz, dws)
+    got = gpu_backend._xla_backward(spec(mbs=32), *x[:5], bounds, *x[6:], dz, dws)
     ref = vjp((dz, dws))
     got = (*got[:4], got[4].sum(0), *got[5:])
     for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
@@ -174,23 +174,32 @@ def test_entry_continuation_and_vmap():
     assert rel(z[:, 0], zr) < 2e-2 and rel(w_end[:, 0], sr.weights["w1"]) < 2e-2
 
 
-def test_decode_kernel_equals_the_full_pass():
-    """Token by token with a traced position (the decode kernel, float32), across a mini-batch end."""
-    S, t0, n_dec = 1, 14, 3  # positions 14..16: the mini-batch commits after position 15
-    q, k, v, lr, s, w, lns, lnb = _seq_inputs(S, t0 + n_dec)
-    zr, _ = _entry(q, k, v, lr, s, w, lns, lnb, impl="xla")
-    _, st = _entry(q[..., :t0, :], k[..., :t0, :], v[..., :t0, :], lr[..., :t0], s, w, lns, lnb, impl="xla")
-
-    @jax.jit
-    def decode(st, qt, kt, vt, lrt):
-        st = jax.tree.map(jnp.asarray, st)
-        return _entry(qt, kt, vt, lrt, s, w, lns, lnb, impl="pallas", state=st)
-
+def test_decode_kernel_under_vmap_equals_the_full_pass():
+    """Best-of-N style: a jitted one-token step (the decode kernel, float32) vmapped over samples with their
+    own states at different positions; each commits at its mini-batch end; equals the full XLA pass."""
+    S, n_dec = 2, 3
+    starts = (14, 13)  # sample 0 commits at its 2nd step, sample 1 at its 3rd
+    q, k, v, lr, s, w, lns, lnb = _seq_inputs(S, max(starts) + n_dec)
+    per = lambda a, i: a[i:i + 1]  # sample i as a batch of 1
+    states, refs, toks = [], [], []
+    for i, t0 in enumerate(starts):
+        xi = [per(a, i) for a in (q, k, v, lr)]
+        zr, _ = _entry(*(a[..., :t0 + n_dec, :] if a.ndim == 4 else a[..., :t0 + n_dec] for a in xi),
+                       s, w, lns, lnb, impl="xla")
+        _, st = _entry(*(a[..., :t0, :] if a.ndim == 4 else a[..., :t0] for a in xi), s, w, lns, lnb, impl="xla")
+        states.append(jax.tree.map(jnp.asarray, st))
+        refs.append(zr[..., t0:, :])
+        toks.append([a[..., t0:t0 + n_dec, :] if a.ndim == 4 else a[..., t0:t0 + n_dec] for a in xi])
+    state = jax.tree.map(lambda *a: jnp.stack(a), *states)
+    xs = [jnp.stack([toks[i][j] for i in range(S)]) for j in range(4)]
+    step = jax.jit(jax.vmap(lambda st, qt, kt, vt, lrt: _entry(qt, kt, vt, lrt, s, w, lns, lnb, impl="pallas",
+                                                               state=st)))
     zs = []
-    for t in range(t0, t0 + n_dec):
-        zt, st = decode(st, q[..., t:t + 1, :], k[..., t:t + 1, :], v[..., t:t + 1, :], lr[..., t:t + 1])
+    for t in range(n_dec):
+        zt, state = step(state, *(a[..., t:t + 1, :] if a.ndim == 5 else a[..., t:t + 1] for a in xs))
         zs.append(zt)
-    assert rel(jnp.concatenate(zs, axis=2), zr[..., t0:, :]) < 1e-5
+    z = jnp.concatenate(zs, axis=3)
+    assert rel(z, jnp.stack(refs)) < 1e-5
 
 
 @pytest.mark.slow
