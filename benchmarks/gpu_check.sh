@@ -3,6 +3,7 @@
 # without interpret mode, then the kernel benchmark sweep, within 8 minutes; everything under $OUT.
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh          # from the repository root
+#   DRY=1 OUT=/tmp/x PY=.venv/bin/python bash benchmarks/gpu_check.sh   # rehearsal on a CPU (--quick sweep)
 #
 # No pip install: the repository is put on PYTHONPATH through a shadow package dir in which
 # ttc_jax/kernels -> kernels/ (what setup.py's package_dir does for an installed copy).
@@ -29,14 +30,15 @@ PY=${PY:-python3}
 
 # 1) kernel tests on the GPU, compiled (no interpret mode): the gpu-marked tests of tests/kernels/
 #    (each compares impl="pallas" on the device with the XLA scan, forward and gradients).
-timeout 170 $PY -m pytest -q -m gpu -p no:cacheprovider tests/kernels --durations=10 \
+timeout 200 $PY -m pytest -q -m gpu -p no:cacheprovider tests/kernels --durations=10 \
   --junitxml="$OUT/tests_gpu.xml" 2>&1 | tee "$OUT/tests_gpu.txt" | tail -25
 echo "tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tests_gpu.txt"
 
 # 2) the benchmark sweep, target shape first, until the remaining time is spent (8 min in all).
 LEFT=$(( 450 - ($(date +%s) - T0) ))
 [ "$LEFT" -lt 60 ] && LEFT=60
-timeout $(( LEFT + 30 )) $PY benchmarks/kernels.py --budget-s $(( LEFT - 40 )) --repeats 3 --out "$OUT" \
+QUICK=${DRY:+--quick}
+timeout $(( LEFT + 30 )) $PY benchmarks/kernels.py $QUICK --budget-s $(( LEFT - 40 )) --repeats 3 --out "$OUT" \
   2>&1 | tee "$OUT/bench.txt" | tail -40
 echo "bench exit: ${PIPESTATUS[0]}; total $(( $(date +%s) - T0 )) s" | tee -a "$OUT/bench.txt"
 rm -rf "$SHADOW"

@@ -101,7 +101,8 @@ def cases(kinds, lengths, dims, bhs, impls, modes, target):
     return sorted(all_cases, key=lambda c: (c[:4] != target, c[2] * c[3] * c[1], c[0], c[5], c[4]))
 
 
-def run(a):
+def run(a, save=lambda rows: None):
+    """Run the cases; `save(rows)` after each, so a run killed by a time limit keeps what it measured."""
     dtype = jnp.dtype(a.dtype)
     peak_mm, peak_f32, peak_bw = device_peaks(jax.devices()[0].device_kind)
     rows, t_start = [], time.perf_counter()
@@ -138,6 +139,7 @@ def run(a):
         if peak_f32:
             r["fp32_flop_fraction"] = fl / sec / peak_f32
         rows.append(r)
+        save(rows)
         print(f"{kind:10s} F={F:3d} T={T:6d} BH={BH:4d} {mode:16s} {impl:9s} {sec * 1e3:10.2f} ms "
               f"{BH * T / sec:14,.0f} tok/s {fl / sec / 1e12:8.3f} TFLOP/s {by / sec / 1e9:8.1f} GB/s", flush=True)
     return rows
@@ -206,19 +208,24 @@ def main(argv=None, args=None):
     for name, values in (("--lengths", a.lengths), ("--dims", a.dims), ("--bh", a.bh)):
         if any(x < 1 for x in values):
             raise ValueError(f"{name}={values}; expected positive ints")
-    rows = run(a)
-    result = {
-        "benchmark": "kernels", "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-        "peaks": dict(zip(("bf16_matmul_flop_per_s", "fp32_flop_per_s", "bytes_per_s"),
-                          device_peaks(jax.devices()[0].device_kind))),
-        "jax": jax.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "notes": "model FLOPs of the dual form (fwd+bwd = 3x fwd); min bytes = inputs read once, outputs written "
-                 "once at 4 bytes; roofline_fraction = max(FLOPs/peak_bf16, bytes/peak_bw) / time",
-        "results": rows, "speedup": speedups(rows),
-    }
     a.out.mkdir(parents=True, exist_ok=True)
     stem = f"{a.name}_{jax.default_backend()}" + ("_quick" if a.quick else "")
-    (a.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    result = {}
+
+    def save(rows):
+        result.update({
+            "benchmark": "kernels", "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "peaks": dict(zip(("bf16_matmul_flop_per_s", "fp32_flop_per_s", "bytes_per_s"),
+                              device_peaks(jax.devices()[0].device_kind))),
+            "jax": jax.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "notes": "model FLOPs of the dual form (fwd+bwd = 3x fwd); min bytes = inputs read once, outputs "
+                     "written once at 4 bytes; roofline_fraction = max(FLOPs/peak_bf16, bytes/peak_bw) / time",
+            "results": rows, "speedup": speedups(rows),
+        })
+        (a.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+
+    rows = run(a, save)
+    save(rows)
     plot(rows, a.out / f"{stem}.png")
     for s in result["speedup"]:
         print(f"{s['learner']:10s} F={s['F']:3d} T={s['T']:6d} BH={s['BH']:4d} {s['mode']:16s} "
