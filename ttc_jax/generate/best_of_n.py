@@ -25,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from ttc_jax.generate.loop import (Samples, _check_room, _is_uniform, advance, as_prompt_batch, check_count,
                                    check_stop_tokens, prefill_prompts, row_keys, sampling_loop)
@@ -42,10 +42,10 @@ def sample_keys(rng, n_prompts: int, n: int) -> jax.Array:
 
 
 def default_mesh():
-    """A 1-D mesh over all devices with axis "data", or None on one device."""
+    """A 1-D mesh over all devices with the (Auto) axis "data", or None on one device."""
     if jax.device_count() < 2:
         return None
-    return jax.make_mesh((jax.device_count(),), ("data",))
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
 def _shard_axis(x, axis: int, mesh):
@@ -57,19 +57,18 @@ def _shard_axis(x, axis: int, mesh):
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
-@functools.partial(nnx.jit, static_argnames=("n", "max_new_tokens", "params", "stop_tokens", "pad_id", "uniform",
-                                             "mode", "mesh"))
-def _sample(model, state: DecodeState, keys, *, n, max_new_tokens, params, stop_tokens, pad_id, uniform, mode,
+@functools.partial(nnx.jit, static_argnames=("n", "max_new_tokens", "params", "pad_id", "uniform", "mode", "mesh"))
+def _sample(model, state: DecodeState, keys, stop_tokens, *, n, max_new_tokens, params, pad_id, uniform, mode,
             mesh):
     P = state.n_rows
-    kw = dict(max_new_tokens=max_new_tokens, params=params, stop_tokens=stop_tokens, pad_id=pad_id)
+    kw = dict(max_new_tokens=max_new_tokens, params=params, pad_id=pad_id)
     if mode == "batch":
         rows = repeat_rows(state, n)  # P * N rows, prompt-major
         rows = map_rows(lambda a, ax: _shard_axis(a, ax, mesh), rows)
         start = rows.pos[0] if uniform else rows.pos
         fn = functools.partial(advance, model, uniform=uniform, hold=False)
-        out, _ = sampling_loop(fn, rows, _shard_axis(keys.reshape(-1), 0, mesh), start, **kw)
-        return jax.tree.map(lambda a: a.reshape(P, n, *a.shape[1:]), out)
+        out, _ = sampling_loop(fn, rows, _shard_axis(keys.reshape(-1), 0, mesh), start, stop_tokens, **kw)
+        return jax.tree.map(lambda a: _shard_axis(a, 0, mesh).reshape(P, n, *a.shape[1:]), out)
     # vmap over samples: a leading N axis on every state array, the clock shared by the N samples
     start = state.pos[0] if uniform else state.pos
     split = 0 if mesh is None or n % mesh.shape["data"] == 0 else None
@@ -83,8 +82,9 @@ def _sample(model, state: DecodeState, keys, *, n, max_new_tokens, params, stop_
         return jax.vmap(lambda s_, t_, a_: advance(model, s_, t_, clock, a_, uniform=uniform, hold=False))(
             st, tok, active)
 
-    out, _ = sampling_loop(fn, rows, _shard_axis(keys.T, 0, mesh), start, **kw)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)  # [N, P, ...] -> [P, N, ...]
+    axis = 0 if split is not None else 1
+    out, _ = sampling_loop(fn, rows, _shard_axis(keys.T, axis, mesh), start, stop_tokens, **kw)
+    return jax.tree.map(lambda a: jnp.swapaxes(_shard_axis(a, axis, mesh), 0, 1), out)  # [N, P, ...] -> [P, N, ...]
 
 
 def sample(model, prompts=None, *, n: int, max_new_tokens: int, rng, temperature: float = 1.0,
@@ -95,8 +95,8 @@ def sample(model, prompts=None, *, n: int, max_new_tokens: int, rng, temperature
 
     prompts: int [P, T] (+ prompt_lengths [P]) or a list of token lists; or None with `cache`, a DecodeState
     of P rows from `prefill_prompts` (its cache_size must hold prompt + max_new_tokens).
-    rng: one key, or keys [P, N]. mesh: "auto" (all devices when there are several), a Mesh with a "data"
-    axis, or None (no sharding constraints).
+    rng: one key, or keys [P, N]. mesh: "auto" (all devices when there are several), a Mesh with an Auto
+    axis "data", or None (no sharding constraints).
     """
     n = check_count("n", n)
     max_new_tokens = check_count("max_new_tokens", max_new_tokens)
@@ -118,5 +118,5 @@ def sample(model, prompts=None, *, n: int, max_new_tokens: int, rng, temperature
     keys = sample_keys(rng, cache.n_rows, n)
     if mesh == "auto":
         mesh = default_mesh()
-    return _sample(model, cache, keys, n=n, max_new_tokens=max_new_tokens, params=params, stop_tokens=stop,
+    return _sample(model, cache, keys, stop, n=n, max_new_tokens=max_new_tokens, params=params,
                    pad_id=int(pad_id), uniform=_is_uniform(cache.pos), mode=mode, mesh=mesh)

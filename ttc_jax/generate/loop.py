@@ -90,12 +90,15 @@ def check_count(name: str, value, lowest: int = 1) -> int:
     return int(value)
 
 
-def check_stop_tokens(stop_tokens, vocab_size: int) -> tuple[int, ...]:
-    ids = (stop_tokens,) if isinstance(stop_tokens, numbers.Integral) else tuple(stop_tokens)
+def check_stop_tokens(stop_tokens, vocab_size: int) -> jax.Array:
+    """int32 [S] stop ids (a traced argument of the compiled loops, so changing them does not recompile;
+    [-1] for none)."""
+    ids = (stop_tokens,) if isinstance(stop_tokens, numbers.Integral) else tuple(np.asarray(stop_tokens).ravel())
     for t in ids:
-        if isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab_size:
-            raise ValueError(f"stop_tokens contains {t!r}; expected token ids in [0, {vocab_size})")
-    return tuple(sorted({int(t) for t in ids}))
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral) or not 0 <= t < vocab_size:
+            shown = int(t) if isinstance(t, numbers.Integral) else repr(t)
+            raise ValueError(f"stop_tokens contains {shown}; expected token ids in [0, {vocab_size})")
+    return jnp.asarray(sorted({int(t) for t in ids}) or [-1], jnp.int32)
 
 
 def as_prompt_batch(prompts, prompt_lengths, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,17 +250,18 @@ def advance(model, state: DecodeState, tokens: Int[Array, " R"], clock, active, 
     return dataclasses.replace(state, cache=cache, logits=logits[:, 0], pos=state.pos + 1)
 
 
-def sampling_loop(advance_fn, state, keys, start, *, max_new_tokens: int, params: SamplingParams,
-                  stop_tokens: tuple[int, ...], pad_id: int):
+def sampling_loop(advance_fn, state, keys, start, stop_tokens, *, max_new_tokens: int, params: SamplingParams,
+                  pad_id: int):
     """(Samples with leading dims keys.shape, final state): sample, record, feed back, until every row stopped.
 
     advance_fn(state, tokens, clock, active) consumes one token per row (tokens, active shaped like keys);
-    the clock of step s is start + s. Runs as one `lax.while_loop` that exits when every row has stopped.
+    the clock of step s is start + s; stop_tokens: int32 [S] (-1 for none). Runs as one `lax.while_loop`
+    that exits when every row has stopped.
     """
     rows = keys.shape
     V = state.logits.shape[-1]
     flat_keys = keys.reshape(-1)
-    stop = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
+    stop = jnp.asarray(stop_tokens, jnp.int32)
     init = (jnp.zeros((), jnp.int32), state,
             jnp.full((*rows, max_new_tokens), pad_id, jnp.int32), jnp.zeros((*rows, max_new_tokens), jnp.float32),
             jnp.zeros(rows, bool), jnp.zeros(rows, jnp.int32))
@@ -287,13 +291,12 @@ def sampling_loop(advance_fn, state, keys, start, *, max_new_tokens: int, params
     return Samples(tokens=toks, lengths=lengths, logprobs=lps, finished=finished), state
 
 
-@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "params", "stop_tokens", "pad_id", "uniform",
-                                             "hold"))
-def _continue(model, state, keys, *, max_new_tokens, params, stop_tokens, pad_id, uniform, hold):
+@functools.partial(nnx.jit, static_argnames=("max_new_tokens", "params", "pad_id", "uniform", "hold"))
+def _continue(model, state, keys, stop_tokens, *, max_new_tokens, params, pad_id, uniform, hold):
     start = state.pos[0] if uniform else state.pos
     fn = functools.partial(advance, model, uniform=uniform, hold=hold)
-    return sampling_loop(fn, state, keys, start, max_new_tokens=max_new_tokens, params=params,
-                         stop_tokens=stop_tokens, pad_id=pad_id)
+    return sampling_loop(fn, state, keys, start, stop_tokens, max_new_tokens=max_new_tokens, params=params,
+                         pad_id=pad_id)
 
 
 def continue_from(model, state: DecodeState, max_new_tokens: int, *, rng, temperature: float = 1.0,
@@ -309,7 +312,7 @@ def continue_from(model, state: DecodeState, max_new_tokens: int, *, rng, temper
     stop = check_stop_tokens(stop_tokens, model.cfg.vocab_size)
     _check_room(state, max_new_tokens, f"max_new_tokens={max_new_tokens}")
     keys = row_keys(rng, (state.n_rows,))
-    return _continue(model, state, keys, max_new_tokens=max_new_tokens, params=params, stop_tokens=stop,
+    return _continue(model, state, keys, stop, max_new_tokens=max_new_tokens, params=params,
                      pad_id=int(pad_id), uniform=_is_uniform(state.pos), hold=True)
 
 
@@ -337,6 +340,6 @@ def generate(model, prompts, max_new_tokens: int, *, rng: jax.Array, temperature
     stop = check_stop_tokens(stop_tokens, model.cfg.vocab_size)
     keys = row_keys(rng, (tokens.shape[0],))
     state = prefill_prompts(model, tokens, prompt_lengths=lengths, cache_size=cache_size)
-    out, _ = _continue(model, state, keys, max_new_tokens=max_new_tokens, params=params, stop_tokens=stop,
+    out, _ = _continue(model, state, keys, stop, max_new_tokens=max_new_tokens, params=params,
                        pad_id=int(pad_id), uniform=_is_uniform(state.pos), hold=False)
     return (out.tokens, out.logprobs) if return_logprobs else out.tokens

@@ -8,6 +8,7 @@ token). Temperature 0 is greedy (argmax) and ignores the other rules.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 
 import jax
@@ -44,6 +45,7 @@ def sampling_params(vocab_size: int, temperature=1.0, top_k=None, top_p=None, mi
                           None if top_p is None else float(top_p), None if min_p is None else float(min_p))
 
 
+@functools.partial(jax.jit, static_argnames=("params",))
 def filter_logits(logits: Float[Array, "... V"], params: SamplingParams) -> Float[Array, "... V"]:
     """Logits / temperature with the tokens removed by top-k, top-p and min-p set to -inf."""
     x = logits.astype(jnp.float32) / params.temperature
@@ -64,6 +66,7 @@ def filter_logits(logits: Float[Array, "... V"], params: SamplingParams) -> Floa
     return x
 
 
+@functools.partial(jax.jit, static_argnames=("params",))
 def sample_rows(logits: Float[Array, "B V"], keys: jax.Array, params: SamplingParams) -> Int[Array, " B"]:
     """One token per row, row b drawn with its own key keys[b] (so a row's draw does not depend on the batch)."""
     if params.greedy:
