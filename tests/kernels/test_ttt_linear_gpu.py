@@ -203,6 +203,23 @@ def test_decode_kernel_under_vmap_equals_the_full_pass():
 
 
 @pytest.mark.slow
+def test_vmap_of_gradients_through_the_kernels():
+    """jax.vmap over samples of jax.grad through the custom_vjp: forward and backward kernels batched."""
+    S = 2
+    q, k, v, lr, s, w, lns, lnb = random_inputs("ttt_linear", B=S, H=1, T=64, F=64, K=K, seed=9,
+                                                 weight_scale=0.05)
+
+    def loss(impl, q, k, v, lr, w):
+        z, _ = _entry(q[None], k[None], v[None], lr[None], s, w, lns, lnb, impl=impl)
+        return (z * jnp.cos(z)).sum()
+
+    grads = {impl: jax.jit(jax.vmap(jax.grad(functools.partial(loss, impl), argnums=(0, 1, 2, 3, 4)),
+                                    in_axes=(0, 0, 0, 0, None)))(q, k, v, lr, w) for impl in ("pallas", "xla")}
+    for a, b in zip(jax.tree.leaves(grads["pallas"]), jax.tree.leaves(grads["xla"])):
+        assert rel(a, b) < 2e-2
+
+
+@pytest.mark.slow
 def test_forward_under_the_gpu_race_detector():
     """InterpretGPUParams(detect_races=True): shared-memory reads/writes vs TMA copies between the
     interpreter's threads (it models warpgroups, not the threads inside one)."""
