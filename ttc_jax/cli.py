@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ttc_jax import demo
+from ttc_jax.checkpoints import cli as convert_cli
 from ttc_jax.data import cli as data_cli
 from ttc_jax.kernels import bench as kernels_bench
 from ttc_jax.scaling import cli as scale_cli
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttc", description="ttc-jax: test-time compute in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.register(sub)
+    convert_cli.register(sub)
     kernels_bench.register(sub)
     scale_cli.register(sub)
     search_cli.register(sub)
