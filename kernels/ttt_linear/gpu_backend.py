@@ -4,7 +4,8 @@ Adapts the registry's calling convention (float32 [N, T, F] sequences, weights (
 Mosaic GPU kernels in gpu_forward.py / gpu_backward.py:
 - matmul operands in `spec.matmul_dtype` (default bfloat16; "float32" only in the interpreter,
   where it checks the algorithm to float32 rounding), float32 accumulation and state;
-- a remat group must be one 64-token tile (group * K == 64, e.g. K = 16 and remat_group = 4);
+- the kernels save a boundary state every 64-token tile (their remat unit), whatever `spec.group`
+  says; the tokens are padded to whole tiles with lr = 0 (no update; outputs dropped);
 - the gradients of lr and token_scale are folded from the kernel's per-token rows here;
 - F = 128: the forward and decode kernels run; the backward is NOT a Mosaic GPU kernel there
   (its shared-memory layout fits only F = 64) but `_xla_backward`, the same reverse sweep over the
@@ -35,13 +36,19 @@ class GPUSpec(KernelSpec):
 def _tile_spec(spec: KernelSpec, F: int, K: int) -> GPUTileSpec:
     dtype = getattr(spec, "matmul_dtype", None) or "bfloat16"
     reason = gpu_forward.check(F, K, dtype, spec.interpret)
-    if reason is None and spec.group * K != TILE:
-        reason = (f"remat group of {spec.group} mini-batches of {K} tokens: the Mosaic GPU ttt_linear kernel "
-                  f"needs group * K == {TILE} (e.g. remat_group={TILE // K})")
     if reason:
         raise ValueError(reason)
     return GPUTileSpec(F=F, K=K, eps=spec.eps, operand_dtype=dtype, interpret=spec.interpret,
                        detect_races=spec.detect_races)
+
+
+def pad_tiles(*arrays):
+    """Pad axis 1 (tokens) to a multiple of TILE with zeros (zero rates: the weights do not change)."""
+    T = arrays[0].shape[1]
+    extra = -T % TILE
+    if not extra:
+        return arrays
+    return tuple(jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2)) for a in arrays)
 
 
 def _prep(ts, q, k, v, lr, s):
@@ -57,9 +64,9 @@ def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
     K = s.shape[0]
     ts = _tile_spec(spec, F, K)
     w, b = ws
-    z, w_end, b_end, w_b, b_b = gpu_forward.forward(ts, *_prep(ts, q, k, v, lr, s), w, b[:, 0],
+    z, w_end, b_end, w_b, b_b = gpu_forward.forward(ts, *_prep(ts, *pad_tiles(q, k, v, lr), s), w, b[:, 0],
                                                      ln_scale[:, 0], ln_bias[:, 0])
-    return z.astype(q.dtype), (w_end, b_end[:, None]), (w_b, b_b[:, :, None])
+    return z[:, :T].astype(q.dtype), (w_end, b_end[:, None]), (w_b, b_b[:, :, None])
 
 
 def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
@@ -68,6 +75,7 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     ts = _tile_spec(spec, F, K)
     if F > gpu_backward.MAX_F_BACKWARD:
         return _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final)
+    q, k, v, lr, dz = pad_tiles(q, k, v, lr, dz)
     qo, ko, vo, lr2, lrl, s_tile = _prep(ts, q, k, v, lr, s)
     w_b, b_b = ws_bounds
     dw_end, db_end = dws_final
@@ -76,23 +84,27 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
         dz.astype(ts.op), dw_end, db_end[:, 0])
     s_k = s[-1, 0]
     dlr_total = dlr + s_k * dlrl
-    ds = ds_tok.reshape(N, T // K, K).sum(1)  # per sequence, by position in the mini-batch
+    ds = ds_tok.reshape(N, -1, K).sum(1)  # per sequence, by position in the mini-batch
     ds = ds.at[:, K - 1].add((lr2 * dlrl).sum(1))
-    return (dq, dk, dv, dlr_total[..., None], ds[..., None], (dw0, db0[:, None]), dgam[:, None], dbet[:, None])
+    cut = lambda a: a[:, :T]
+    return (cut(dq), cut(dk), cut(dv), cut(dlr_total)[..., None], ds[..., None], (dw0, db0[:, None]), dgam[:, None],
+            dbet[:, None])
 
 
 def _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
     """F > 64 (no Mosaic GPU backward kernel fits shared memory there): the same reverse sweep over the
-    kernel's saved group boundaries, each group recomputed and differentiated by XLA (jax.vjp of
+    kernel's saved tile boundaries, each tile recomputed and differentiated by XLA (jax.vjp of
     common/minibatch.step, vmapped over sequences)."""
+    T0 = q.shape[1]
+    q, k, v, lr, dz = pad_tiles(q, k, v, lr, dz)
     N, T, F = q.shape
     K = s.shape[0]
-    GK = spec.group * K
+    GK, group = TILE, TILE // K
     step = jax.vmap(minibatch.step, in_axes=(0, 0, 0, 0, 0, None, 0, 0, None))
 
     def group_fwd(ws, q, k, v, lr, s, lns, lnb):
         zs = []
-        for m in range(spec.group):
+        for m in range(group):
             r = slice(m * K, (m + 1) * K)
             z, ws = step(ws, q[:, r], k[:, r], v[:, r], lr[:, r], s, lns, lnb, spec.eps)
             zs.append(z)
@@ -110,7 +122,7 @@ def _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_fi
 
     init = (tuple(dws_final), jnp.zeros_like(s), jnp.zeros_like(ln_scale), jnp.zeros_like(ln_bias))
     (dws0, ds, dlns, dlnb), (dq, dk, dv, dlr) = jax.lax.scan(body, init, xs, reverse=True)
-    merge = lambda a: jnp.moveaxis(a, 0, 1).reshape(N, T, *a.shape[3:])
+    merge = lambda a: jnp.moveaxis(a, 0, 1).reshape(N, T, *a.shape[3:])[:, :T0]
     ds_rows = jnp.broadcast_to(ds[None] / N, (N, *ds.shape))  # the caller sums over sequences
     return merge(dq), merge(dk), merge(dv), merge(dlr), ds_rows, dws0, dlns, dlnb
 

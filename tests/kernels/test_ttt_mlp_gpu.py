@@ -101,5 +101,3 @@ def test_cross_lowering_for_cuda_at_long_sequences(T):
 def test_unsupported_shapes_raise_clear_errors():
     assert "F=128" in gpu_backend.unsupported(MLP, 128, 16)
     assert gpu_backend.unsupported(MLP, 64, 16) is None
-    with pytest.raises(ValueError, match="group"):
-        gpu_backend._tile_spec(GPUSpec(learner=MLP, backend="gpu", group=1, eps=1e-6, interpret=True), 64, 16)
