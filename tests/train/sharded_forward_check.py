@@ -16,7 +16,7 @@ from flax import nnx  # noqa: E402
 from ttc_jax.nn import HybridLM, get_config  # noqa: E402
 from ttc_jax.nn.partitioning import param_axes  # noqa: E402
 from ttc_jax.train.sharding import (MeshConfig, batch_sharding, check_divisibility, make_mesh,  # noqa: E402
-                                    param_shardings, shard_model, use_mesh)
+                                    param_shardings, shard_batch, shard_model, use_mesh)
 
 jax.config.update("jax_threefry_partitionable", True)
 cfg = get_config("tiny-hybrid", d_model=32, n_heads=4, ffn_dim=64, n_layers=6, mini_batch_size=4,
@@ -53,7 +53,8 @@ specs = {"/".join(map(str, p)): {"spec": [list(a) if isinstance(a, tuple) else a
                                  "axes": list(param_axes(v) or ()), "shape": list(v.shape)}
          for p, v in nnx.to_flat_state(nnx.state(model))}
 with use_mesh(mesh):
-    x = jax.device_put(tokens, batch_sharding(mesh))
+    x = shard_batch({"tokens": np.asarray(tokens)}, mesh)["tokens"]
+    assert x.sharding.is_equivalent_to(batch_sharding(mesh), 2) and np.array_equal(x, tokens)
     loss8, logits8, grads8 = forward_and_grad(model, x)
 out = {
     "n_devices": jax.device_count(),

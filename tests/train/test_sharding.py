@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 
 from ttc_jax.nn import HybridLM, get_config
 from ttc_jax.nn.partitioning import LOGICAL_AXIS_RULES, constrain, logical_to_spec, param_axes
 from ttc_jax.train.sharding import (MeshConfig, check_divisibility, make_mesh, maybe_initialize_distributed,
-                                    param_shardings)
+                                    param_shardings, shard_batch)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RULES = dict(LOGICAL_AXIS_RULES)
@@ -133,6 +134,9 @@ def test_param_shardings_on_a_one_device_mesh():
     leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
     assert len(leaves) == len(jax.tree.leaves(nnx.state(model)))
     assert all(isinstance(v.get_value(), jax.sharding.NamedSharding) for v in leaves)
+    batch = {"inputs": np.arange(8, dtype=np.int32).reshape(2, 4), "mask": np.ones((2, 4), np.float32)}
+    out = shard_batch(batch, make_mesh(MeshConfig()))
+    assert all(isinstance(out[k], jax.Array) and np.array_equal(out[k], batch[k]) for k in batch)
 
 
 def test_indivisible_parameter_is_a_one_line_error(sharded_run):

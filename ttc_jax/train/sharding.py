@@ -28,7 +28,7 @@ from ttc_jax.nn.partitioning import LOGICAL_AXIS_RULES, MESH_AXES, logical_to_sp
 log = logging.getLogger(__name__)
 
 __all__ = ["LOGICAL_AXIS_RULES", "MESH_AXES", "MeshConfig", "batch_sharding", "check_divisibility", "make_mesh",
-           "maybe_initialize_distributed", "param_shardings", "shard_model", "use_mesh"]
+           "maybe_initialize_distributed", "param_shardings", "shard_batch", "shard_model", "use_mesh"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of [B, T] batch arrays: B over data x fsdp, T replicated."""
     return NamedSharding(mesh, logical_to_spec(("activation_batch", "activation_length"),
                                                LOGICAL_AXIS_RULES, mesh.axis_names))
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Global arrays from this host's rows (a dict / pytree of [B_host, ...] numpy arrays), batch-sharded.
+
+    On one host the rows are the whole batch; on many, host i passes the rows of
+    `make_iterator(..., shard_index=jax.process_index(), shard_count=jax.process_count())`.
+    """
+    def one(x):
+        spec = logical_to_spec(("activation_batch",) + (None,) * (x.ndim - 1), LOGICAL_AXIS_RULES, mesh.axis_names)
+        return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), x)
+
+    return jax.tree.map(one, batch)
 
 
 @contextlib.contextmanager
