@@ -109,7 +109,7 @@ class TrainConfig:
 
 
 # Fields that may change between invocations on the same workdir without making it another run.
-RESUMABLE_FIELDS = ("steps", "eval_every", "eval_batches", "save_every", "keep", "log_every", "ttt_stats")
+RESUMABLE_FIELDS = ("steps", "eval_every", "eval_batches", "save_every", "keep", "log_every", "ttt_stats", "mesh")
 
 # Per-size training defaults (ttt-lm-jax recipe: 0.5M tokens per step, peak lr by size; ttt-math.md §7).
 _SIZE_DEFAULTS = {
