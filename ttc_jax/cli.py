@@ -11,6 +11,7 @@ from ttc_jax.data import cli as data_cli
 from ttc_jax.kernels import bench as kernels_bench
 from ttc_jax.scaling import cli as scale_cli
 from ttc_jax.search import cli as search_cli
+from ttc_jax.train import cli as train_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale_cli.register(sub)
     search_cli.register(sub)
     data_cli.register(sub)
+    train_cli.register(sub)
     return parser
 
 
