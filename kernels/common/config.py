@@ -19,6 +19,8 @@ class TTTKernelConfig:
     block_sequences: sequences per program of the decode kernel.
     interpret: run the kernel in the Pallas interpreter; None: only on cpu.
     detect_races: interpret with the TPU race detector (`pltpu.InterpretParams(detect_races=True)`).
+    matmul_dtype: matmul operands, "float32" or "bfloat16" (accumulation is float32 either way);
+        None: the backend's default (TPU: float32 at precision HIGHEST; GPU: bfloat16).
     """
 
     backend: str | None = None
@@ -26,6 +28,7 @@ class TTTKernelConfig:
     block_sequences: int = 8
     interpret: bool | None = None
     detect_races: bool = False
+    matmul_dtype: str | None = None
 
     def __post_init__(self):
         if self.backend is not None and self.backend not in BACKENDS:
@@ -36,6 +39,8 @@ class TTTKernelConfig:
         bs = self.block_sequences
         if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
             raise ValueError(f"block_sequences={bs!r}; expected an int >= 1")
+        if self.matmul_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"matmul_dtype={self.matmul_dtype!r}; expected 'float32', 'bfloat16' or None")
         if self.interpret not in (None, True, False):
             raise ValueError(f"interpret={self.interpret!r}; expected None, True or False")
 

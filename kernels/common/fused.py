@@ -48,7 +48,7 @@ def _spec(op, learner, config, remat_group, eps) -> tuple:
     backend, interpret = select(op, config)
     spec = KernelSpec(learner=learner, backend=backend.name, group=config.group(remat_group), eps=float(eps),
                       interpret=bool(interpret), detect_races=config.detect_races,
-                      block_sequences=config.block_sequences)
+                      block_sequences=config.block_sequences, matmul_dtype=config.matmul_dtype)
     return backend, spec
 
 

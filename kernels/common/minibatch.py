@@ -14,31 +14,40 @@ The backward kernel differentiates this function with `jax.vjp` inside the kerne
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from ttc_jax.ttt.learners import gelu_tanh, gelu_tanh_grad, layer_norm, ln_l2_grad
 
-_HI = jax.lax.Precision.HIGHEST
+@dataclasses.dataclass(frozen=True)
+class Dots:
+    """The 2-D products, float32 accumulation; operands float32 (precision HIGHEST) or bfloat16."""
+
+    operand: str = "float32"
+
+    def _dot(self, a, b, dims):
+        if self.operand == "float32":
+            return jax.lax.dot_general(a, b, (dims, ((), ())), precision=jax.lax.Precision.HIGHEST,
+                                       preferred_element_type=jnp.float32)
+        a, b = a.astype(self.operand), b.astype(self.operand)
+        return jax.lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+
+    def mm(self, a, b):
+        """a @ b."""
+        return self._dot(a, b, ((1,), (0,)))
+
+    def mm_nt(self, a, b):
+        """a @ b^T."""
+        return self._dot(a, b, ((1,), (1,)))
+
+    def mm_tn(self, a, b):
+        """a^T @ b."""
+        return self._dot(a, b, ((0,), (0,)))
 
 
-def _dot(a, b, dims):
-    return jax.lax.dot_general(a, b, (dims, ((), ())), precision=_HI, preferred_element_type=jnp.float32)
-
-
-def mm(a, b):
-    """a @ b."""
-    return _dot(a, b, ((1,), (0,)))
-
-
-def mm_nt(a, b):
-    """a @ b^T."""
-    return _dot(a, b, ((1,), (1,)))
-
-
-def mm_tn(a, b):
-    """a^T @ b."""
-    return _dot(a, b, ((0,), (0,)))
+F32 = Dots("float32")
 
 
 def causal_ones(n: int):
@@ -48,53 +57,53 @@ def causal_ones(n: int):
     return jnp.where(j <= i, 1.0, 0.0).astype(jnp.float32)
 
 
-def inner_grads(ws, k, v, ln_scale, ln_bias, eps):
+def inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots: Dots = F32):
     """Layer inputs X_l(k) and lr-free output gradients G_l at ws = (w1, b1, ...)."""
     n_layers = len(ws) // 2
     xs, zs, x = [], [], k
     for i in range(n_layers):
         xs.append(x)
-        z = mm(x, ws[2 * i]) + ws[2 * i + 1]
+        z = dots.mm(x, ws[2 * i]) + ws[2 * i + 1]
         zs.append(z)
         x = gelu_tanh(z) if i < n_layers - 1 else z
     g = ln_l2_grad(zs[-1], v - k, ln_scale, ln_bias, eps)
     gs = [g]
     for i in range(n_layers - 1, 0, -1):
-        g = mm_nt(g, ws[2 * i]) * gelu_tanh_grad(zs[i - 1])
+        g = dots.mm_nt(g, ws[2 * i]) * gelu_tanh_grad(zs[i - 1])
         gs.insert(0, g)
     return xs, gs
 
 
-def _commit(ws, xs, gls, s_last):
+def _commit(ws, xs, gls, s_last, dots):
     new = []
     for i, (x, gl) in enumerate(zip(xs, gls)):
-        new.append(ws[2 * i] - s_last * mm_tn(x, gl))
+        new.append(ws[2 * i] - s_last * dots.mm_tn(x, gl))
         new.append(ws[2 * i + 1] - s_last * gl.sum(0, keepdims=True))
     return tuple(new)
 
 
-def update(ws, k, v, lr, s, ln_scale, ln_bias, eps):
+def update(ws, k, v, lr, s, ln_scale, ln_bias, eps, dots: Dots = F32):
     """The weights after the mini-batch (the state chain only, no output)."""
-    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps)
-    return _commit(ws, xs, [lr * g for g in gs], s[-1:, :])
+    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots)
+    return _commit(ws, xs, [lr * g for g in gs], s[-1:, :], dots)
 
 
-def step(ws, q, k, v, lr, s, ln_scale, ln_bias, eps):
+def step(ws, q, k, v, lr, s, ln_scale, ln_bias, eps, dots: Dots = F32):
     """(z [K, F], weights after the mini-batch) for one full mini-batch."""
     n_layers = len(ws) // 2
-    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps)
+    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots)
     gls = [lr * g for g in gs]
     mask = causal_ones(q.shape[0])
     x = q
     for i in range(n_layers):
-        a = (mm_nt(x, xs[i]) + 1.0) * mask
-        z = mm(x, ws[2 * i]) + ws[2 * i + 1] - s * mm(a, gls[i])
+        a = (dots.mm_nt(x, xs[i]) + 1.0) * mask
+        z = dots.mm(x, ws[2 * i]) + ws[2 * i + 1] - s * dots.mm(a, gls[i])
         x = gelu_tanh(z) if i < n_layers - 1 else z
     out = q + layer_norm(x, ln_scale, ln_bias, eps)
-    return out, _commit(ws, xs, gls, s[-1:, :])
+    return out, _commit(ws, xs, gls, s[-1:, :], dots)
 
 
-def decode_token(ws, accs, q, k, v, lr, s_pos, done, ln_scale, ln_bias, eps):
+def decode_token(ws, accs, q, k, v, lr, s_pos, done, ln_scale, ln_bias, eps, dots: Dots = F32):
     """One token of one sequence: rows [1, F], weights 2-D, lr, s_pos, done [1, 1].
 
     Adds lr * grad (at the mini-batch's start weights ws) to accs, outputs with ws - s_pos * accs,
@@ -102,18 +111,27 @@ def decode_token(ws, accs, q, k, v, lr, s_pos, done, ln_scale, ln_bias, eps):
     Uses only the 2-D products of the prefill kernel (the outer products are [1, a]^T [1, b]).
     """
     n_layers = len(ws) // 2
-    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps)
+    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots)
     new_accs = []
     for i in range(n_layers):
         gl = lr * gs[i]
-        new_accs += [accs[2 * i] + mm_tn(xs[i], gl), accs[2 * i + 1] + gl]
+        new_accs += [accs[2 * i] + dots.mm_tn(xs[i], gl), accs[2 * i + 1] + gl]
     cur = tuple(w - s_pos * a for w, a in zip(ws, new_accs))
     x = q
     for i in range(n_layers):
-        z = mm(x, cur[2 * i]) + cur[2 * i + 1]
+        z = dots.mm(x, cur[2 * i]) + cur[2 * i + 1]
         x = gelu_tanh(z) if i < n_layers - 1 else z
     out = q + layer_norm(x, ln_scale, ln_bias, eps)
     commit = done > 0.5
     new_ws = tuple(jnp.where(commit, c, w) for c, w in zip(cur, ws))
     new_accs = tuple(jnp.where(commit, jnp.zeros_like(a), a) for a in new_accs)
     return out, new_ws, new_accs
+
+
+def decode_rows(ws, accs, q, k, v, lr, s_pos, done, ln_scale, ln_bias, eps, dots: Dots = F32):
+    """`decode_token` over n sequences (plain JAX, outside kernels): rows [n, F], weights [n, a, b], lr [n, 1]."""
+    def one(w, a, q, k, v, lr, g, b):
+        return decode_token(w, a, q[None], k[None], v[None], lr[None], s_pos, done, g[None], b[None], eps, dots)
+
+    z, new_ws, new_accs = jax.vmap(one)(ws, accs, q, k, v, lr, ln_scale, ln_bias)
+    return z[:, 0], new_ws, new_accs

@@ -39,6 +39,7 @@ class KernelSpec:
     detect_races: bool = False
     block_sequences: int = 8
     save_bounds: bool = True  # False: no gradient will be taken; forward may return ws_bounds=None
+    matmul_dtype: str | None = None  # matmul operands: "float32", "bfloat16", None: the backend's default
 
 
 @dataclasses.dataclass(frozen=True)

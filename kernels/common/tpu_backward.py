@@ -18,7 +18,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from . import minibatch
 from .registry import KernelSpec
-from .tpu_forward import SQ, _row, compiler_params, interpret_arg
+from .tpu_forward import SQ, _row, compiler_params, dots, interpret_arg
 
 
 def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
@@ -58,7 +58,7 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
             for st, w in zip(stash, ws):
                 st[j] = w
             r = rows(j)
-            return minibatch.update(ws, k_ref[r, :], v_ref[r, :], lr_ref[r, :], s_, gam, bet, eps)
+            return minibatch.update(ws, k_ref[r, :], v_ref[r, :], lr_ref[r, :], s_, gam, bet, eps, dots(spec))
 
         jax.lax.fori_loop(0, group, recompute, tuple(wb[...] for wb in wB_refs))
 
@@ -68,7 +68,7 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
             r = rows(j)
             primals = (tuple(st[j] for st in stash), q_ref[r, :], k_ref[r, :], v_ref[r, :], lr_ref[r, :],
                        s_, gam, bet)
-            _, vjp = jax.vjp(functools.partial(_step, eps=eps), *primals)
+            _, vjp = jax.vjp(functools.partial(_step, eps=eps, dots=dots(spec)), *primals)
             dws, dq, dk, dv, dlr, ds, dgam, dbet = vjp((dz_ref[r, :], dws))
             dq_ref[r, :] = dq
             dk_ref[r, :] = dk
@@ -116,5 +116,5 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     return dq, dk, dv, dlr, ds, tuple(outs[7:]), dlns, dlnb
 
 
-def _step(ws, q, k, v, lr, s, gam, bet, *, eps):
-    return minibatch.step(ws, q, k, v, lr, s, gam, bet, eps)
+def _step(ws, q, k, v, lr, s, gam, bet, *, eps, dots):
+    return minibatch.step(ws, q, k, v, lr, s, gam, bet, eps, dots)

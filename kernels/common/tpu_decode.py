@@ -14,7 +14,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from . import minibatch
 from .registry import KernelSpec
-from .tpu_forward import interpret_arg
+from .tpu_forward import dots, interpret_arg
 
 
 def decode(spec: KernelSpec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs):
@@ -38,7 +38,7 @@ def decode(spec: KernelSpec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs):
         def one(i, carry):
             z, new_ws, new_accs = minibatch.decode_token(
                 tuple(r[i] for r in w_refs), tuple(r[i] for r in a_refs), q_ref[i], k_ref[i], v_ref[i],
-                lr_ref[i], sp[:, 0:1], sp[:, 1:2], lns_ref[i], lnb_ref[i], spec.eps)
+                lr_ref[i], sp[:, 0:1], sp[:, 1:2], lns_ref[i], lnb_ref[i], spec.eps, dots(spec))
             z_ref[i] = z
             for r, w in zip(wo_refs, new_ws):
                 r[i] = w

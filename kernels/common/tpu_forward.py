@@ -28,6 +28,10 @@ def interpret_arg(spec: KernelSpec):
     return pltpu.InterpretParams(detect_races=True) if spec.detect_races else True
 
 
+def dots(spec: KernelSpec) -> minibatch.Dots:
+    return minibatch.Dots(spec.matmul_dtype or "float32")
+
+
 def compiler_params():
     return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
 
@@ -64,7 +68,7 @@ def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
         def body(j, ws):
             rows = pl.ds(pl.multiple_of(j * K, K), K)
             z, ws = minibatch.step(ws, q_ref[rows, :], k_ref[rows, :], v_ref[rows, :], lr_ref[rows, :],
-                                   s_, gam, bet, eps)
+                                   s_, gam, bet, eps, dots(spec))
             z_ref[rows, :] = z.astype(z_ref.dtype)
             return ws
 

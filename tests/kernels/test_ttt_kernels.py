@@ -124,6 +124,19 @@ def test_vmap_of_gradients(kind):
         assert rel(a, b) < 1e-4
 
 
+def test_bf16_matmul_operands_option():
+    """TTTKernelConfig(matmul_dtype="bfloat16"): bf16 operands, float32 accumulation and state; close to float32,
+    and not identical (the option reaches the kernel)."""
+    args = random_inputs("ttt_linear", B=1, H=2, T=2 * K, F=8, K=K, seed=13, weight_scale=0.02,
+                         lr_range=(0.0, 1.0 / 8))
+    z0, _ = ttt("ttt_linear", *args, mini_batch_size=K, impl="xla")
+    z, _ = jax.jit(lambda *a: ttt("ttt_linear", *a, mini_batch_size=K, impl="pallas", remat_group=1,
+                                  kernel_config=TTTKernelConfig(matmul_dtype="bfloat16")))(*args)
+    assert 0 < rel(z, z0) < 2e-2
+    with pytest.raises(ValueError, match="matmul_dtype='float16'"):
+        TTTKernelConfig(matmul_dtype="float16")
+
+
 @pytest.mark.parametrize("kind", ["ttt_linear", pytest.param("ttt_mlp", marks=pytest.mark.slow)])
 def test_decode_steps_equal_the_full_pass(kind):
     """Prefill 5 tokens with the kernels, then one-token jitted steps (traced position: the decode kernel)."""
@@ -209,7 +222,7 @@ def _lower_all(kind, F, N=512, T=8192, group=4):
     row, col = sds(N, F), sds(N, 1)
     lower = lambda f, *a: jax.jit(f).trace(*a).lower(lowering_platforms=("tpu",))
     lower(functools.partial(tpu_forward.forward, spec), x, x, x, lr, s, ws, ln, ln)
-    inference = dataclasses.replace(spec, save_bounds=False)
+    inference = dataclasses.replace(spec, save_bounds=False, matmul_dtype="bfloat16")
     lower(functools.partial(tpu_forward.forward, inference), x, x, x, lr, s, ws, ln, ln)
     lower(functools.partial(tpu_backward.backward, spec), x, x, x, lr, s, wb, ln, ln, x, ws)
     lower(functools.partial(tpu_decode.decode, spec), row, row, row, col, sds(1, 2), row, row, ws, ws)
