@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from ttc_jax.kernels.common.minibatch import flops_per_token
 from ttc_jax.ttt import LEARNERS, ttt
 from ttc_jax.ttt.testing import random_inputs
 
@@ -42,21 +43,17 @@ def device_peaks(kind: str):
     return (None, None, None)
 
 
-def flops_per_token(kind: str, F: int, K: int) -> float:
+def model_flops_per_token(kind: str, F: int, K: int) -> float:
     """Forward FLOPs per token and head of the dual form (matmuls only): per dense layer a -> b,
     6ab (k-path, q-path, update) + 2K(a + b) (the causal K x K products), + 2ab per backpropagated layer."""
     learner = LEARNERS[kind]
     shapes = learner.weight_shapes(1, F)
-    total = 0.0
-    for i in range(learner.n_layers):
-        a, b = shapes[f"w{i + 1}"][1:]
-        total += 6 * a * b + 2 * K * (a + b) + (2 * a * b if i > 0 else 0)
-    return total
+    return flops_per_token([shapes[f"w{i + 1}"][1:] for i in range(learner.n_layers)], K)
 
 
 def model_flops(kind, mode, N, T, F, K):
     """Forward, or forward + backward counted as 3x forward (the usual model-FLOP convention)."""
-    return flops_per_token(kind, F, K) * N * T * (1 if mode == "forward" else 3)
+    return model_flops_per_token(kind, F, K) * N * T * (1 if mode == "forward" else 3)
 
 
 def min_bytes(mode, N, T, F, itemsize):
@@ -208,6 +205,8 @@ def main(argv=None, args=None):
     for name, values in (("--lengths", a.lengths), ("--dims", a.dims), ("--bh", a.bh)):
         if any(x < 1 for x in values):
             raise ValueError(f"{name}={values}; expected positive ints")
+    if any(bh % min(bh, a.heads) for bh in a.bh):
+        raise ValueError(f"--bh={a.bh}; expected multiples of --heads={a.heads} (B = BH / H)")
     a.out.mkdir(parents=True, exist_ok=True)
     stem = f"{a.name}_{jax.default_backend()}" + ("_quick" if a.quick else "")
     result = {}

@@ -50,6 +50,12 @@ class Dots:
 F32 = Dots("float32")
 
 
+def flops_per_token(widths, K: int) -> float:
+    """Matmul FLOPs per token of `step` for dense layers widths = [(a1, b1), ...]: per layer a -> b,
+    6ab (k-path, q-path, update) + 2K(a + b) (the causal K x K products), + 2ab per backpropagated layer."""
+    return float(sum(6 * a * b + 2 * K * (a + b) + (2 * a * b if i else 0) for i, (a, b) in enumerate(widths)))
+
+
 def causal_ones(n: int):
     """[n, n] float32 lower-triangular ones (j <= i)."""
     i = jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)

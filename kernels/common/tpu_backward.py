@@ -18,7 +18,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from . import minibatch
 from .registry import KernelSpec
-from .tpu_forward import SQ, _row, compiler_params, dots, interpret_arg
+from .tpu_forward import SQ, _row, compiler_params, cost_estimate, dots, interpret_arg
 
 
 def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
@@ -110,6 +110,9 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     outs = pl.pallas_call(
         kernel, out_shape=out_shape, grid=(N, n_groups), in_specs=in_specs, out_specs=out_specs,
         scratch_shapes=scratch, compiler_params=compiler_params(), interpret=interpret_arg(spec),
+        # recompute the state chain (~1/3 forward), then the vjp (~3 forward); dz in, dq..dlr out
+        cost_estimate=cost_estimate(q, ws_bounds, K, 4.0, N * T * (5 * F + 1) * 4 + sum(
+            4 * w.size for w in (*ws_bounds, *dws_final))),
         name=f"{spec.learner.name}_bwd",
     )(q, k, v, lr, s, ln_scale, ln_bias, dz, *ws_bounds, *dws_final)
     dq, dk, dv, dlr, ds, dlns, dlnb = outs[:7]

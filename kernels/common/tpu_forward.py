@@ -32,6 +32,17 @@ def dots(spec: KernelSpec) -> minibatch.Dots:
     return minibatch.Dots(spec.matmul_dtype or "float32")
 
 
+def cost_estimate(q, ws, K: int, passes: float, extra_bytes: int) -> pl.CostEstimate:
+    """For XLA's scheduler: `passes` x the forward's matmul FLOPs; tokens in and out once, plus extra_bytes."""
+    N, T, F = q.shape
+    widths = [w.shape[-2:] for w in ws[::2]]
+    hidden = sum(b for _, b in widths[:-1])
+    tokens = N * T
+    return pl.CostEstimate(flops=int(passes * tokens * minibatch.flops_per_token(widths, K)),
+                           transcendentals=int(passes * tokens * (2 + 3 * hidden)),
+                           bytes_accessed=int(tokens * (4 * F + 1) * 4 + extra_bytes))
+
+
 def compiler_params():
     return pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
 
@@ -95,6 +106,7 @@ def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
         kernel, out_shape=out_shape, grid=(N, n_groups), in_specs=in_specs, out_specs=out_specs,
         scratch_shapes=[pltpu.VMEM(w.shape[1:], jnp.float32) for w in ws],
         compiler_params=compiler_params(), interpret=interpret_arg(spec),
+        cost_estimate=cost_estimate(q, ws, K, 1.0, 4 * (sum(o.size for o in out_shape[1:]) + sum(w.size for w in ws))),
         name=f"{spec.learner.name}_fwd",
     )(q, k, v, lr, s, ln_scale, ln_bias, *ws)
     return outs[0], tuple(outs[1:1 + n_w]), (tuple(outs[1 + n_w:]) if spec.save_bounds else None)

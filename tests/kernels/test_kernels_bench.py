@@ -10,8 +10,8 @@ from ttc_jax.kernels import bench
 
 def test_flop_count_per_token():
     # TTT-Linear: 6F^2 + 4KF; TTT-MLP: 56F^2 + 20KF (F -> 4F -> F, one backpropagated layer)
-    assert bench.flops_per_token("ttt_linear", 64, 16) == 6 * 64**2 + 4 * 16 * 64
-    assert bench.flops_per_token("ttt_mlp", 64, 16) == 56 * 64**2 + 20 * 16 * 64
+    assert bench.model_flops_per_token("ttt_linear", 64, 16) == 6 * 64**2 + 4 * 16 * 64
+    assert bench.model_flops_per_token("ttt_mlp", 64, 16) == 56 * 64**2 + 20 * 16 * 64
     assert bench.device_peaks("NVIDIA H200")[2] == 4.8e12
 
 
