@@ -170,7 +170,10 @@ def test_inner_loss_stats_per_ttt_layer():
     assert int(cache["pos"]) == 20 and sorted(stats_with_cache) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("name", ["ttt-linear-125m", "ttt-mlp-125m", "ttt-linear-base-125m"])
+@pytest.mark.parametrize("name", ["ttt-linear-125m", "ttt-mlp-125m", "ttt-linear-base-125m",
+                                  # the other two of the five published 125m presets: slow (7 s each)
+                                  pytest.param("ttt-mlp-base-125m", marks=pytest.mark.slow),
+                                  pytest.param("transformer-125m", marks=pytest.mark.slow)])
 def test_published_125m_decode_equals_full_pass(name):
     """The published 125m configs run, and decoding after a prefix reproduces the full pass."""
     cfg = get_config(name, vocab_size=1024)  # the vocabulary only sizes the embedding

@@ -116,7 +116,7 @@ def test_inner_update_terms_in_isolation(kind):
     assert 0.95 <= xla_b / terms["b_update"] <= 1.0, xla_b / terms["b_update"]  # sums of m rows: m - 1 adds
 
 
-@pytest.mark.parametrize("kind", ["ttt_linear", "ttt_mlp"])
+@pytest.mark.parametrize("kind", ["ttt_linear", pytest.param("ttt_mlp", marks=pytest.mark.slow)])
 def test_inner_forward_terms_match_the_real_dual_form(kind):
     """grads + output terms: the contractions of ttc_jax.ttt on one mini-batch, with the state dropped."""
     B, H, F, K = 1, 2, 8, 16
@@ -133,7 +133,8 @@ def test_inner_forward_terms_match_the_real_dual_form(kind):
 
 # --- decode: the real step ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind,hi", [("ttt_linear", 1.45), ("ttt_mlp", 1.45)])  # measured 1.36, 1.34
+@pytest.mark.parametrize("kind,hi", [("ttt_linear", 1.45),  # measured 1.36, 1.34
+                                     pytest.param("ttt_mlp", 1.45, marks=pytest.mark.slow)])
 def test_decode_token_of_the_ttt_core(kind, hi):
     """One token through ttc_jax.ttt with a carried state at a traced position (the decode path)."""
     B, H, F, K = 1, 2, 64, 16
@@ -152,8 +153,9 @@ def test_decode_token_of_the_ttt_core(kind, hi):
 
 
 @pytest.mark.parametrize("pattern,backbone,hi", [  # measured 1.140, 1.278, 1.093
-    (("ttt_linear",), "transformer", 1.19), (("ttt_mlp",), "transformer", 1.33),
-    (("ttt_linear", "attention"), "mamba", 1.14)])
+    (("ttt_linear",), "transformer", 1.19),
+    pytest.param(("ttt_mlp",), "transformer", 1.33, marks=pytest.mark.slow),
+    pytest.param(("ttt_linear", "attention"), "mamba", 1.14, marks=pytest.mark.slow)])
 def test_decode_step_of_the_hybrid_lm(pattern, backbone, hi):
     """A HybridLM one-token call with a cache (what generation runs) against decode_flops."""
     cfg, model = _model(pattern, backbone)

@@ -11,6 +11,7 @@ from ttc_jax.ttt.learners import gelu_tanh_grad
 from ttc_jax.ttt.testing import random_inputs
 
 KINDS = ["ttt_linear", "ttt_mlp"]
+LINEAR_ONLY_BY_DEFAULT = ["ttt_linear", pytest.param("ttt_mlp", marks=pytest.mark.slow)]
 K = 4  # mini-batch size of these tests: every offset 0..K-1 is visited (one compile each)
 
 
@@ -42,7 +43,7 @@ def _carried_state(kind, p, *, B, H, F, seed):
     return w, acc
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LINEAR_ONLY_BY_DEFAULT)
 def test_carried_state_at_every_offset_float64(kind):
     """From a carried state at each offset p, the static dual path (head, full mini-batches, tail) and
     the traced token-by-token path both equal the primal definition; T = 2K + 3 crosses every part."""
@@ -67,6 +68,7 @@ def test_carried_state_at_every_offset_float64(kind):
                     np.testing.assert_allclose(st.acc[n], s_ref.acc[n], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradients_through_a_carried_state_float64(kind):
     """d/d(inputs, row factors, LN scale, carried weights and acc) of a continuation equals the
@@ -97,7 +99,7 @@ def test_gradients_through_a_carried_state_float64(kind):
                     assert rel_err(gi, gr) < 1e-10, p
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", LINEAR_ONLY_BY_DEFAULT)
 def test_vmap_over_samples_with_different_positions(kind):
     """Decode steps vmapped over a leading sample axis whose positions differ per sample (the
     conditional commit becomes a select there) equal each sample stepped alone."""
