@@ -70,6 +70,7 @@ def _backward_temp_bytes(cfg):
     return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow  # two compiles of a model gradient
 def test_remat_layers_shrinks_backward_memory():
     """remat_layers keeps only each group's input for the backward pass (the gradients themselves are
     compared in test_nn_model): the compiled gradient needs much less temporary memory."""
