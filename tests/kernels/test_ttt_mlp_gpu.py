@@ -101,3 +101,23 @@ def test_cross_lowering_for_cuda_at_long_sequences(T):
 def test_unsupported_shapes_raise_clear_errors():
     assert "F=128" in gpu_backend.unsupported(MLP, 128, 16)
     assert gpu_backend.unsupported(MLP, 64, 16) is None
+
+
+@pytest.mark.slow
+def test_decode_through_the_gpu_backend_equals_the_full_pass():
+    """The GPU backend's ttt_mlp decode (the XLA decode math, no kernel) across a mini-batch end."""
+    K, t0, n_dec = 16, 14, 3
+    q, k, v, lr, s, w, lns, lnb = random_inputs("ttt_mlp", B=1, H=2, T=t0 + n_dec, F=F, K=K, seed=4,
+                                                 weight_scale=0.05)
+    cfg = TTTKernelConfig(backend="gpu", interpret=True)
+    run = lambda impl, *a, state=None: api.ttt_mlp(*a, s, w, lns, lnb, mini_batch_size=K, impl=impl, state=state,
+                                                    kernel_config=cfg if impl == "pallas" else None)
+    z_ref, _ = run("xla", q, k, v, lr)
+    _, st = run("xla", q[:, :, :t0], k[:, :, :t0], v[:, :, :t0], lr[:, :, :t0])
+    step = jax.jit(lambda st, *a: run("pallas", *a, state=st))
+    st = jax.tree.map(jnp.asarray, st)
+    zs = []
+    for t in range(t0, t0 + n_dec):
+        zt, st = step(st, q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], lr[:, :, t:t + 1])
+        zs.append(zt)
+    assert rel(jnp.concatenate(zs, axis=2), z_ref[:, :, t0:]) < 1e-5
