@@ -9,6 +9,7 @@ that train on a CPU.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Literal
 
 LAYER_KINDS = ("ttt_linear", "ttt_mlp", "attention")
@@ -67,8 +68,9 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_dim",
                      "mini_batch_size", "conv_width", "max_seq_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))  # NumPy integers become Python ints
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"ModelConfig.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
