@@ -99,3 +99,10 @@ def test_empty_batch_and_bad_cache_give_clear_errors():
         with pytest.raises(ValueError, match=rf"batch_size={bad!r}; expected an int >= 1"):
             model.init_cache(bad, 8)
     assert model.init_cache(np.int64(2), 8)["pos"] == 0
+
+
+def test_config_accepts_numpy_ints():
+    cfg = get_config("tiny-ttt-linear", mini_batch_size=np.int64(8), n_layers=np.int32(2))
+    assert type(cfg.mini_batch_size) is int and cfg.mini_batch_size == 8 and cfg.n_layers == 2
+    with pytest.raises(ValueError, match=r"mini_batch_size must be a positive int, got 8.0"):
+        get_config("tiny-ttt-linear", mini_batch_size=8.0)
