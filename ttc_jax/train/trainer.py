@@ -151,6 +151,7 @@ def _init_state(mcfg, tcfg, tx, shardings) -> TrainState:
 def setup(preset: str, workdir: str, *, steps: int | None = None, overrides: list[str] | None = None,
           config: tuple[ModelConfig, C.TrainConfig] | None = None, async_save: bool = True) -> Run:
     """Validate everything, then create or resume the run in `workdir`."""
+    S.maybe_initialize_distributed()  # multi-host: before anything touches the devices
     if config is None:
         mcfg, tcfg = C.run_config(preset, overrides, steps=steps)
     else:
