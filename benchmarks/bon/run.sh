@@ -18,6 +18,11 @@ nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy0" --out "$MO
 nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy0" --out "$MODELS/orm" --kind orm \
   --minutes 10 --seed 1 > "$MODELS/logs/orm.log" 2>&1 &
 wait
-nice -n 10 $PY -m ttc_jax.cli best-of-n --policy "$MODELS/policy" --prm "$MODELS/prm" --orm "$MODELS/orm" \
-  --problems 100 --search-problems 30 --n 1,2,4,8,16,32,64 --search-n 4,16 --width 4 \
-  --out benchmarks/results/bon 2> "$MODELS/logs/eval.log"
+# one process per difficulty level (the shared CPU gives each process a slice), then merge
+for lv in easy medium hard; do
+  nice -n 10 $PY -m ttc_jax.cli best-of-n --policy "$MODELS/policy" --prm "$MODELS/prm" --orm "$MODELS/orm" \
+    --levels $lv --problems 50 --search-problems 16 --n 1,2,4,8,16,32,64 --search-n 4,16 --width 4 \
+    --out "$MODELS/eval_$lv" > "$MODELS/logs/eval_$lv.log" 2>&1 &
+done
+wait
+$PY benchmarks/bon/merge.py --out benchmarks/results/bon "$MODELS/eval_easy" "$MODELS/eval_medium" "$MODELS/eval_hard"
