@@ -36,6 +36,7 @@ p.add_argument("--steps", type=int, default=800)
 p.add_argument("--minutes", type=float, default=12)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--data", default=None, help="write / reuse the labelled data as JSONL here")
+p.add_argument("--init", default=None, help="continue training this reward-model checkpoint")
 a = p.parse_args()
 
 codec = TextCodec(A.SEP, A.EOS, A.PAD)
@@ -98,6 +99,8 @@ print(f"{len(examples)} labelled completions, last-label mean {pos:.3f} ({time.t
 
 rm = RewardModel(policy.cfg, separator=A.SEP, kind=a.kind, rngs=nnx.Rngs(a.seed))
 nnx.update(rm.backbone, nnx.state(policy, nnx.Param))  # start from the policy's weights
+if a.init:
+    checkpoint.load_into(a.init, rm)
 
 
 def batches(i):
