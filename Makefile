@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ttt_layer.py
 	$(BIN)/python benchmarks/chinchilla_fit.py
 	$(BIN)/python benchmarks/ttt_accuracy.py
+	$(BIN)/python benchmarks/bon_sampler.py
 	$(BIN)/python benchmarks/ttt_decode.py
 
 clean:
