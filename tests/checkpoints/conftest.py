@@ -54,5 +54,11 @@ def set_unscanned(model: HybridLM, ours: dict[str, np.ndarray]) -> HybridLM:
     return model
 
 
+@nnx.jit
+def forward(model, tokens):
+    """model(tokens) compiled once per architecture and shape (tests share the compilation)."""
+    return model(tokens)
+
+
 def tokens(vocab: int, B: int = 2, T: int = 21, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, (B, T)).astype(np.int32)

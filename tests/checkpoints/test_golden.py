@@ -7,7 +7,7 @@ the model's semantics (RoPE positions t mod K, eta scaling, gelu_tanh, conv layo
 
 import numpy as np
 import pytest
-from conftest import BLOCKS, golden_dir, rel_l2
+from conftest import BLOCKS, forward, golden_dir, rel_l2
 
 from ttc_jax.checkpoints import load_safetensors, load_ttt_lm_jax
 
@@ -23,7 +23,7 @@ def test_ttt_lm_jax_golden(block):
     assert cfg.backbone == ("transformer" if block.endswith("_base") else "mamba")
     assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size, cfg.mini_batch_size) == \
         (128, 2, 4, 256, 128, 16)
-    err = rel_l2(model(np.load(d / "tokens.npy")), np.load(d / "logits.npy"))
+    err = rel_l2(forward(model, np.load(d / "tokens.npy")), np.load(d / "logits.npy"))
     assert err < TOL, f"{block}: relative L2 {err:.3e}"
 
 
@@ -34,7 +34,7 @@ def test_ttt_lm_pytorch_golden(block):
     assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ffn_dim, cfg.vocab_size) == (64, 2, 4, 128, 100)
     tokens = np.load(d / "tokens.npy")
     assert tokens.shape[1] % cfg.mini_batch_size  # a partial last mini-batch
-    err = rel_l2(model(tokens), np.load(d / "logits.npy"))
+    err = rel_l2(forward(model, tokens), np.load(d / "logits.npy"))
     assert err < TOL, f"{block}: relative L2 {err:.3e}"
 
 
@@ -49,4 +49,4 @@ def test_wrong_base_lr_breaks_parity():
     """The golden test can fail: the official ttt_base_lr matters at this tolerance."""
     d = golden_dir("ttt-lm-jax", "ttt_linear_base")
     model, _, _ = load_ttt_lm_jax(d, ttt_base_lr=0.5)
-    assert rel_l2(model(np.load(d / "tokens.npy")), np.load(d / "logits.npy")) > 1e-3
+    assert rel_l2(forward(model, np.load(d / "tokens.npy")), np.load(d / "logits.npy")) > 1e-3
