@@ -17,7 +17,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 import ttc_jax
-from ttc_jax.checkpoints import (convert, export, export_safetensors, load_safetensors, load_ttt_lm_jax,
+from ttc_jax.checkpoints import (convert, export_safetensors, load_safetensors, load_ttt_lm_jax,
                                  model_params, save_pretrained)
 from ttc_jax.cli import main as cli_main
 from ttc_jax.nn import HybridLM, ModelConfig

@@ -190,9 +190,9 @@ def infer_ttt_lm_jax_config(params: dict[str, np.ndarray], *, source: str = "ttt
             raise ValueError(f"{source}: missing key {k}")
         return tuple(params[k].shape)
 
-    V, D = shape("model/wte/embedding") if len(shape("model/wte/embedding")) == 2 else (None, None)
-    if V is None:
+    if len(shape("model/wte/embedding")) != 2:
         raise ValueError(f"{source}: model/wte/embedding has shape {shape('model/wte/embedding')}; expected [V, D]")
+    V, D = shape("model/wte/embedding")
     layers = _layer_keys(params, "model/h/", source)
     kinds, flags, heads, K, ffn, width = [], set(), set(), set(), set(), set()
     for i, keys in sorted(layers.items()):

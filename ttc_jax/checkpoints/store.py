@@ -101,7 +101,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 # --- save ---------------------------------------------------------------------------------------------------------
 
 def _default_card(cfg: ModelConfig, n_params: int, metadata: dict | None) -> str:
-    lines = [f"# ttc-jax checkpoint", "",
+    lines = ["# ttc-jax checkpoint", "",
              f"HybridLM, {n_params:,} parameters: layers {cfg.n_layers} x {list(cfg.layer_pattern)}, "
              f"d_model {cfg.d_model}, heads {cfg.n_heads}, vocab {cfg.vocab_size}, mini-batch {cfg.mini_batch_size}, "
              f"pre_conv {cfg.has_pre_conv}, q/k conv {cfg.has_qk_conv}, gate {cfg.has_gate}, "
