@@ -83,10 +83,9 @@ def save_loss_by_position(path_stem: str, curves: dict[str, np.ndarray], title: 
     """path_stem.json ({name: per-position loss}) and path_stem.png (binned curves, log-x)."""
     with open(path_stem + ".json", "w") as f:
         json.dump({k: [None if not np.isfinite(x) else float(x) for x in v] for k, v in curves.items()}, f)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. a notebook's) alone
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     for name, curve in curves.items():
         x, y = smooth_by_position(np.asarray(curve, float))
         ax.plot(x + 1, y, label=name)
@@ -98,4 +97,3 @@ def save_loss_by_position(path_stem: str, curves: dict[str, np.ndarray], title: 
     ax.legend()
     fig.tight_layout()
     fig.savefig(path_stem + ".png", dpi=110)
-    plt.close(fig)
