@@ -28,6 +28,7 @@ def _scan_lengths(fn, *args):
     return out
 
 
+@pytest.mark.slow  # four compiles of a small model (about 35 s of CPU)
 def test_layers_beyond_the_last_full_period_run_after_the_scanned_groups():
     """n_layers = 5 with a period of 2: two scanned groups, then 1 unscanned layer; equal to the
     unscanned model with the same parameters, and decoding equals the full pass."""
