@@ -374,6 +374,13 @@ def test_our_checkpoint_architecture_mismatch_and_corruption(port_fixture, tmp_p
         ttc_jax.from_pretrained(path)
 
 
+def test_relative_paths(port_fixture, tmp_path, monkeypatch):
+    _, _, model, cfg, _ = port_fixture
+    monkeypatch.chdir(tmp_path)
+    save_pretrained(model, cfg, "rel/ckpt")
+    assert ttc_jax.from_pretrained("rel/ckpt")[1] == cfg
+
+
 def test_failed_save_keeps_the_existing_checkpoint(port_fixture, tmp_path, monkeypatch):
     _, _, model, cfg, _ = port_fixture
     path = save_pretrained(model, cfg, tmp_path / "ours")

@@ -63,7 +63,7 @@ def config_from_dict(d: dict, *, source: str) -> ModelConfig:
 def checkpoints_dir() -> Path:
     """The folder of shipped checkpoints: $TTC_CHECKPOINTS, else checkpoints/ at the repository root."""
     env = os.environ.get(ENV_CHECKPOINTS)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "checkpoints"
+    return Path(env).expanduser().absolute() if env else Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 def known_names() -> list[str]:
@@ -83,7 +83,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ValueError(f"name_or_path={name_or_path!r}; expected a checkpoint name or a folder path")
     s = os.fspath(name_or_path)
-    path = Path(s).expanduser()
+    path = Path(s).expanduser().absolute()
     if path.is_dir():
         return path
     if path.exists():
@@ -151,7 +151,7 @@ def save_pretrained(model: HybridLM, config: ModelConfig, path: str | os.PathLik
     if config != model.cfg:
         raise ValueError("config does not match model.cfg; save the config the model was built with")
     spec = tokenizer_spec(tokenizer)
-    dst = Path(path).expanduser()
+    dst = Path(path).expanduser().absolute()  # orbax needs absolute paths
     if dst.exists() and not overwrite:
         raise ValueError(f"path={str(dst)!r} already exists; pass overwrite=True to replace it")
     import orbax.checkpoint as ocp
