@@ -419,3 +419,29 @@ def test_export_refuses_what_the_port_cannot_express(tmp_path):
     with pytest.raises(ValueError, match="no attention layers"):
         export_safetensors(model, cfg, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_train_workdir_to_model(port_fixture, tmp_path):
+    """A `ttc train` workdir: config.json {"model": ...} + orbax checkpoints/<step>/state with params."""
+    import orbax.checkpoint as ocp
+
+    from ttc_jax.checkpoints import load_train_workdir
+    from ttc_jax.checkpoints.store import config_to_dict
+
+    _, _, model, cfg, logits = port_fixture
+    wd = tmp_path / "run"
+    (wd / "checkpoints" / "7").mkdir(parents=True)
+    (wd / "config.json").write_text(json.dumps({"preset": "x", "model": config_to_dict(cfg), "train": {}}))
+    state = {"step": np.int32(7), "params": nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+             "opt_state": {"mu": np.ones(3, np.float32)}}
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(wd / "checkpoints" / "7" / "state", state)
+    (wd / "checkpoints" / "7" / "_CHECKPOINT_METADATA").write_text("{}")
+    loaded, cfg2, info = load_train_workdir(wd)
+    assert cfg2 == cfg and info["step"] == 7
+    for k, v in model_params(model).items():
+        np.testing.assert_array_equal(model_params(loaded)[k], v, err_msg=k)
+    with pytest.raises(ValueError, match="steps \\[7\\]"):
+        load_train_workdir(wd, step=3)
+    with pytest.raises(ValueError, match="no config.json"):
+        load_train_workdir(tmp_path)

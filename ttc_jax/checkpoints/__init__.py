@@ -10,5 +10,5 @@ from ttc_jax.checkpoints.store import checkpoints_dir, from_pretrained, known_na
 from ttc_jax.checkpoints.training import load_train_workdir
 
 __all__ = ["build_model", "checkpoints_dir", "convert", "expected_shapes", "export", "export_safetensors",
-           "from_pretrained", "infer_ttt_lm_jax_config", "known_names", "load_safetensors", "load_train_workdir", "load_ttt_lm_jax",
-           "model_params", "read_ttt_lm_jax", "save_pretrained"]
+           "from_pretrained", "infer_ttt_lm_jax_config", "known_names", "load_safetensors", "load_train_workdir",
+           "load_ttt_lm_jax", "model_params", "read_ttt_lm_jax", "save_pretrained"]
