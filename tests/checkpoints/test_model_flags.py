@@ -71,6 +71,7 @@ def test_mixed_flags_decode_equals_full_pass(case):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.slow  # also covered by the untied fixtures of test_convert.py
 def test_untied_head_is_used():
     cfg = get_config("tiny-ttt-linear-base", n_layers=1, tie_word_embeddings=False)
     model = HybridLM(cfg, rngs=nnx.Rngs(0))
