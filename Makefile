@@ -26,6 +26,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ttt_accuracy.py
 	$(BIN)/python benchmarks/bon_sampler.py
 	$(BIN)/python benchmarks/ttt_decode.py
+	$(BIN)/python benchmarks/kernels.py --quick
+	$(BIN)/python benchmarks/data_loading.py
+	$(BIN)/python benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

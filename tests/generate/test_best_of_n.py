@@ -125,7 +125,7 @@ def test_step_wise_continuation_with_selected_rows_equals_full_passes(model, pro
     _check_against_full_pass(forward, prompts, first.tokens, np.asarray(first.lengths), first.logprobs)
 
 
-@pytest.mark.parametrize("ragged", [False, True], ids=["same-length", "ragged"])
+@pytest.mark.parametrize("ragged", [pytest.param(False, marks=pytest.mark.slow), True], ids=["same-length", "ragged"])
 def test_vmap_batch_and_single_sample_calls_give_the_same_candidates(model, prompts, forward, ragged):
     P, N = 2, 3
     ps = [prompts[1], prompts[2]] if ragged else [prompts[1][:6], prompts[2]]

@@ -10,6 +10,7 @@ from ttc_jax.generate import generate, sample_token
 from ttc_jax.nn import HybridLM, get_config
 
 
+@pytest.mark.slow  # default-run budget: about 40 s; `make test-all` runs it
 def test_greedy_generation_equals_argmax_of_full_passes():
     cfg = get_config("tiny-hybrid")
     model = HybridLM(cfg, rngs=nnx.Rngs(0))

@@ -62,7 +62,7 @@ def _results(kind, impl):
     return z, state, grads
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "ttt_mlp" else k for k in KINDS])
 def test_forward_state_and_gradients_match_xla(kind):
     z, state, grads = _results(kind, "pallas")
     z0, state0, grads0 = _results(kind, "xla")

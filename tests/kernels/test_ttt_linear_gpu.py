@@ -124,6 +124,7 @@ def test_boundary_states_are_the_weights_at_each_tile_start(fwd_bwd_f32):
     assert rel(w_b[:, 0], x[5][0]) < 1e-7 and rel(w_b[:, 1], w_mid) < 1e-5 and rel(b_b[:, 1], b_mid) < 1e-5
 
 
+@pytest.mark.slow  # default-run budget: about 16 s; `make test-all` runs it
 def test_xla_backward_for_wide_heads_matches_jax_vjp():
     """The F > 64 backward (XLA recomputation from the kernel's boundary states; no kernel involved)."""
     x = flat_inputs(N=2, T=128, F=8, seed=6, mbs=32)

@@ -43,7 +43,9 @@ DECODE_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(DECODE_CASES))
+# hybrid-unscanned is the slowest case (about 30 s); hybrid covers the same layers scanned
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "hybrid-unscanned" else c
+                                  for c in sorted(DECODE_CASES)])
 def test_decode_token_by_token_equals_full_pass(case):
     """Prefill a prefix (K=8: mid mini-batch), an eager multi-token chunk, then one jitted step per token."""
     cfg = DECODE_CASES[case]
@@ -146,6 +148,7 @@ def test_scan_over_layers_keeps_program_size_constant_in_depth():
     assert unscanned > 1.5 * _program_size(shallow.replace(scan_layers=False))
 
 
+@pytest.mark.slow  # default-run budget: about 33 s; `make test-all` runs it
 def test_inner_loss_stats_per_ttt_layer():
     """Stats come back for every TTT layer (not attention), scanned or not, and agree between the two."""
     cfg = get_config("tiny-hybrid")  # layers: ttt_linear, ttt_mlp, ttt_linear, attention; K=8
@@ -170,8 +173,9 @@ def test_inner_loss_stats_per_ttt_layer():
     assert int(cache["pos"]) == 20 and sorted(stats_with_cache) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("name", ["ttt-linear-125m", "ttt-mlp-125m", "ttt-linear-base-125m",
-                                  # the other two of the five published 125m presets: slow (7 s each)
+@pytest.mark.parametrize("name", ["ttt-linear-125m", "ttt-linear-base-125m",
+                                  # the other three of the five published 125m presets: slow (20 s each)
+                                  pytest.param("ttt-mlp-125m", marks=pytest.mark.slow),
                                   pytest.param("ttt-mlp-base-125m", marks=pytest.mark.slow),
                                   pytest.param("transformer-125m", marks=pytest.mark.slow)])
 def test_published_125m_decode_equals_full_pass(name):

@@ -100,6 +100,7 @@ def sharded_run():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # default-run budget: about 50 s; `make test-all` runs it
 def test_sharded_forward_and_gradient_equal_one_device(sharded_run):
     r = sharded_run
     assert r["n_devices"] == 8

@@ -80,7 +80,7 @@ def _logits_fn(cfg):
 TOKENS = jax.random.randint(jax.random.key(3), (2, 24), 0, 256)
 
 
-@pytest.mark.parametrize("preset,base", [("tiny-ttt-linear", 1.0), ("tiny-ttt-mlp", 0.1)])
+@pytest.mark.parametrize("preset,base", [pytest.param("tiny-ttt-linear", 1.0, marks=pytest.mark.slow), ("tiny-ttt-mlp", 0.1)])
 def test_eta_multiplier_equals_a_scaled_base_lr_and_defaults_to_no_change(preset, base):
     """Oracle: multiplying eta by c equals the same weights with a TTT base lr c times larger; a traced
     multiplier of 1 gives the logits of a call without one (to float32 rounding: another XLA program;

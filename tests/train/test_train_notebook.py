@@ -6,11 +6,13 @@ import os
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "train_hybrid.ipynb"
 
 
+@pytest.mark.slow  # default-run budget: about 35 s; `make test-all` runs it
 def test_train_notebook_executes(monkeypatch):
     monkeypatch.setenv("TTC_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
