@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from ttc_jax.ttt import ttt
+from ttc_jax.kernels.bench import build  # the same jitted forward / forward+backward as the kernel benchmark
 from ttc_jax.ttt.testing import random_inputs
 
 RESULTS = Path(__file__).parent / "results"
@@ -30,19 +29,6 @@ RESULTS = Path(__file__).parent / "results"
 def make_inputs(kind, B, H, T, F, K, seed=0):
     """Published-like scales: W0 ~ N(0, 0.02), rates base_lr * sigmoid(.) / F <= 1/F."""
     return random_inputs(kind, B=B, H=H, T=T, F=F, K=K, seed=seed, weight_scale=0.02, lr_range=(0.0, 1.0 / F))
-
-
-def build(kind, impl, mode, K):
-    def forward(*args):
-        return ttt(kind, *args, mini_batch_size=K, impl=impl)[0]
-
-    if mode == "forward":
-        return jax.jit(forward)
-
-    def loss(*args):
-        return forward(*args).astype(jnp.float32).mean()
-    # gradients with respect to q, k, v, lr and the fast weights: what training needs
-    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 5)))
 
 
 def time_fn(fn, args, min_repeats=3, budget_s=10.0):

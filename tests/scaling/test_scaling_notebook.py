@@ -1,24 +1,7 @@
 """Execute notebooks/compute_optimal_scaling.ipynb end to end at CI sizes."""
 
-from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import nbformat
-from nbclient import NotebookClient
-
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "compute_optimal_scaling.ipynb"
-
-
-def test_notebook_executes(monkeypatch):
-    monkeypatch.setenv("TTC_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("JAX_PLATFORMS", os.environ.get("JAX_PLATFORMS", "cpu"))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+def test_notebook_executes(run_notebook):
+    text, n_images = run_notebook("compute_optimal_scaling.ipynb", timeout=300)
     assert "reached the best loss" in text and "k > n:" in text
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 6
+    assert n_images >= 6

@@ -38,24 +38,29 @@ def make_optimizer(model, lr: float, steps: int, warmup: int = 100, weight_decay
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def train_lm(model: HybridLM, batches: Callable[[int], tuple[np.ndarray, np.ndarray]], *, steps: int,
-             lr: float = 3e-3, time_limit_s: float | None = None, log_every: int = 50,
-             log: Callable[[str], None] = print) -> list[tuple[int, float]]:
-    """Train in place on `batches(step) -> (tokens, mask)`; stops early at `time_limit_s`. Returns (step, loss)."""
-    opt = make_optimizer(model, lr, steps)
+def _loop(step, batches, steps, name, time_limit_s, log_every, log) -> list[tuple[int, float]]:
+    """Run `step(batches(i))` for i < steps (or until time_limit_s); returns the (step, EMA loss) history."""
     t0, hist, ema = time.time(), [], None
     for i in range(steps):
-        toks, mask = batches(i)
-        loss = float(_lm_step(model, opt, jnp.asarray(toks), jnp.asarray(mask)))
+        loss = float(step(batches(i)))
         ema = loss if ema is None else 0.95 * ema + 0.05 * loss
         if i % log_every == 0 or i == steps - 1:
             hist.append((i, ema))
-            log(f"step {i} loss {ema:.4f} ({time.time() - t0:.0f}s)")
+            log(f"step {i} {name} {ema:.4f} ({time.time() - t0:.0f}s)")
         if time_limit_s is not None and time.time() - t0 > time_limit_s:
             log(f"time limit at step {i}")
             hist.append((i, ema))
             break
     return hist
+
+
+def train_lm(model: HybridLM, batches: Callable[[int], tuple[np.ndarray, np.ndarray]], *, steps: int,
+             lr: float = 3e-3, time_limit_s: float | None = None, log_every: int = 50,
+             log: Callable[[str], None] = print) -> list[tuple[int, float]]:
+    """Train in place on `batches(step) -> (tokens, mask)`; stops early at `time_limit_s`. Returns (step, loss)."""
+    opt = make_optimizer(model, lr, steps)
+    step = lambda b: _lm_step(model, opt, *(jnp.asarray(a) for a in b))
+    return _loop(step, batches, steps, "loss", time_limit_s, log_every, log)
 
 
 def reward_batch(examples: Sequence[tuple[str, Sequence[str], Sequence[float], bool]], length: int, *,
@@ -96,16 +101,5 @@ def train_reward(model: RewardModel, batches: Callable[[int], tuple[np.ndarray, 
                  log: Callable[[str], None] = print) -> list[tuple[int, float]]:
     """BCE training in place on `batches(step) -> (tokens, labels, weights)`. Returns (step, loss) history."""
     opt = make_optimizer(model, lr, steps)
-    t0, hist, ema = time.time(), [], None
-    for i in range(steps):
-        toks, labs, wts = batches(i)
-        loss = float(bce_step(model, opt, jnp.asarray(toks), jnp.asarray(labs), jnp.asarray(wts)))
-        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-        if i % log_every == 0 or i == steps - 1:
-            hist.append((i, ema))
-            log(f"step {i} bce {ema:.4f} ({time.time() - t0:.0f}s)")
-        if time_limit_s is not None and time.time() - t0 > time_limit_s:
-            log(f"time limit at step {i}")
-            hist.append((i, ema))
-            break
-    return hist
+    step = lambda b: bce_step(model, opt, *(jnp.asarray(a) for a in b))
+    return _loop(step, batches, steps, "bce", time_limit_s, log_every, log)
