@@ -73,3 +73,18 @@ def test_aggregations_by_hand_and_numpy_twin():
         np.testing.assert_allclose(got, want, rtol=1e-5)
     with pytest.raises(ValueError, match="aggregation='max'"):
         aggregate(scores, mask, "max")
+
+
+def test_auroc_matches_pairwise_count_with_ties():
+    from ttc_jax.search.diagnostics import auroc
+
+    rng = np.random.default_rng(0)
+    s = np.round(rng.random(300), 1)  # many ties
+    y = rng.random(300) < 0.3
+    pos, neg = s[y], s[~y]
+    want = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert auroc(s, y) == pytest.approx(want, abs=1e-12)
+    assert auroc([0.1, 0.9], [0, 1]) == 1.0 and auroc([0.2, 0.2], [0, 1]) == 0.5
+    assert auroc([0.1, 0.2], [1, 1]) is None
+    with pytest.raises(ValueError, match="equal counts"):
+        auroc([0.1], [0, 1])

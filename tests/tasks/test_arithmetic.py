@@ -89,3 +89,31 @@ def test_lm_batch_layout_and_mask():
     assert all(t == A.PAD for t in row[:start])
     with pytest.raises(ValueError, match="does not fit"):
         A.lm_batch([("Q:1+2\n", "1+2=3\n")], 8)
+
+
+def test_corrupted_solutions_are_wrong_from_one_step_on():
+    rng = np.random.default_rng(0)
+    for lv in A.LEVELS:
+        for q in A.sample_problems(5, lv, 40):
+            steps = A.corrupt_steps(q, rng)
+            labels = A.exact_step_labels(q.prompt, "".join(s + "\n" for s in steps))
+            assert len(steps) == len(q.steps) and 0.0 in labels
+            first = labels.index(0.0)
+            assert steps[:first] == q.steps[:first] and steps[first] != q.steps[first]
+            assert all(A._STEP.fullmatch(s) for s in steps)
+
+
+def test_corpus_texts_layout_and_exclusion():
+    held = A.heldout_prompts(300)
+    texts = A.corpus_texts(500, 1000, {"easy": 1.0, "medium": 0.0}, exclude=held, max_left_pad=5)
+    assert len(texts) == 500
+    for t in texts:
+        body = t.lstrip(chr(A.PAD))
+        assert len(t) - len(body) <= 5 and body.endswith(chr(A.EOS))
+        prompt, sol = body[: body.index("\n") + 1], body[body.index("\n") + 1: -1]
+        assert prompt not in held and A.verify_answer(prompt, sol) and A.parse_prompt(prompt).terms[0] < 10
+    assert held >= {q.prompt for q in A.sample_problems(0, "easy", 300)}
+    with pytest.raises(ValueError, match="seed=3"):
+        A.corpus_texts(1, 3, {"easy": 1.0})
+    with pytest.raises(ValueError, match="weights="):
+        A.corpus_texts(1, 1000, {"tiny": 1.0})

@@ -1,4 +1,14 @@
-"""Save / load a model's parameters with its config: a flat .npz (no pickle) plus config JSON, written atomically."""
+"""Save / load models for search.
+
+- `save` / `load_into` / `load_policy` / `load_reward`: a flat .npz (no pickle) plus config JSON, written
+  atomically (working checkpoints of the training scripts);
+- `save_reward_pretrained` / `load_reward_pretrained`: a RewardModel as a `ttc_jax.save_pretrained`
+  checkpoint folder (its backbone, loadable by `from_pretrained` on its own) plus `reward_head.npz`, with
+  the head's kind and separator in config.json's metadata; a shipped name such as "arith-prm" resolves
+  like `from_pretrained`'s.
+
+`load_policy` and `load_reward` accept either form (a path prefix of .npz/.json, or a checkpoint folder / name).
+"""
 
 from __future__ import annotations
 
@@ -80,21 +90,86 @@ def _config(info: dict):
     return ModelConfig(**cfg)
 
 
+def _is_npz(path: str) -> bool:
+    return os.path.exists(path + ".npz") or os.path.exists(path + ".json")
+
+
 def load_policy(path: str):
-    """A HybridLM restored from `save(path, model)`."""
+    """A HybridLM restored from `save(path, model)`, or from a checkpoint folder / shipped name (`from_pretrained`)."""
     from ttc_jax.nn.model import HybridLM
 
+    if not _is_npz(path):
+        from ttc_jax.checkpoints import from_pretrained
+
+        return from_pretrained(path)[0]
     model = HybridLM(_config(load_info(path)), rngs=nnx.Rngs(0))
     return load_into(path, model)
 
 
 def load_reward(path: str):
-    """A RewardModel restored from `save(path, rm, {"separator": ..., "kind": ...})`."""
+    """A RewardModel restored from `save(path, rm, {"separator": ..., "kind": ...})`, or from a
+    `save_reward_pretrained` folder / shipped name."""
     from ttc_jax.nn.prm import RewardModel
 
+    if not _is_npz(path):
+        return load_reward_pretrained(path)
     info = load_info(path)
     meta = info.get("meta", {})
     if "separator" not in meta or "kind" not in meta:
         raise ValueError(f"checkpoint={path!r} is not a reward model (its meta lacks 'separator' / 'kind')")
     rm = RewardModel(_config(info), separator=int(meta["separator"]), kind=meta["kind"], rngs=nnx.Rngs(0))
     return load_into(path, rm)
+
+
+HEAD_FILE = "reward_head.npz"
+
+
+def save_reward_pretrained(rm, path: str, *, card: str | None = None, metadata: dict | None = None,
+                           overwrite: bool = False):
+    """Write a RewardModel as a checkpoint folder: the backbone via `save_pretrained`, the head in
+    `reward_head.npz`, kind and separator in config.json's metadata["reward_model"]. Atomic."""
+    from pathlib import Path
+
+    from ttc_jax.checkpoints.store import _replace_dir, save_pretrained
+
+    dst = Path(path).expanduser().absolute()
+    if dst.exists() and not overwrite:
+        raise ValueError(f"path={str(dst)!r} already exists; pass overwrite=True to replace it")
+    meta = dict(metadata or {})
+    meta["reward_model"] = {"kind": rm.kind, "separator": rm.separator}
+    tmp = dst.with_name(f".{dst.name}.rm-tmp-{os.getpid()}")
+    try:
+        save_pretrained(rm.backbone, rm.cfg, tmp, card=card, tokenizer="byte", metadata=meta, overwrite=True)
+        head = {"kernel": np.asarray(rm.head.kernel.value), "bias": np.asarray(rm.head.bias.value)}
+        with open(tmp / HEAD_FILE, "wb") as f:
+            np.savez(f, **head)
+        _replace_dir(tmp, dst, overwrite)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def load_reward_pretrained(name_or_path: str):
+    """A RewardModel from a `save_reward_pretrained` folder or a shipped name (e.g. "arith-prm")."""
+    from ttc_jax.checkpoints.store import load_folder, resolve
+    from ttc_jax.nn.prm import RewardModel
+
+    folder = resolve(name_or_path)
+    backbone, cfg, doc = load_folder(folder)
+    meta = (doc.get("metadata") or {}).get("reward_model")
+    if not isinstance(meta, dict) or "kind" not in meta or "separator" not in meta or \
+            not os.path.isfile(os.path.join(folder, HEAD_FILE)):
+        raise ValueError(f"checkpoint={str(folder)!r} is not a reward model (expected metadata.reward_model "
+                         f"with 'kind' and 'separator' in config.json and {HEAD_FILE})")
+    rm = RewardModel(cfg, separator=int(meta["separator"]), kind=meta["kind"], rngs=nnx.Rngs(0), backbone=backbone)
+    with np.load(os.path.join(folder, HEAD_FILE), allow_pickle=False) as z:
+        for name in ("kernel", "bias"):
+            want = getattr(rm.head, name).value.shape
+            if name not in z.files or z[name].shape != want:
+                raise ValueError(f"{folder}/{HEAD_FILE}: {name} missing or of shape "
+                                 f"{z[name].shape if name in z.files else None}; expected {want}")
+            getattr(rm.head, name).value = jax.numpy.asarray(z[name], jax.numpy.float32)
+    return rm

@@ -5,7 +5,8 @@
 - best-minus-mean score gap per prompt;
 - diversity: distinct answers per prompt, mean pairwise token difference;
 - selection accuracy against the verifier: on prompts with both correct and incorrect candidates,
-  how often the top-scored candidate is correct.
+  how often the top-scored candidate is correct;
+- AUROC: of step scores against exact step labels, and of candidate scores against correctness.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def pool_diagnostics(texts, tokens, answers, correct, agg: dict, step_scores, st
         out[f"hist_{how}"] = {"correct": histogram(s[correct]), "incorrect": histogram(s[~correct])}
         out[f"best_minus_mean_{how}"] = float((s.max(1) - s.mean(1)).mean())
         out[f"selection_{how}"] = selection_accuracy(s, correct)
+        out[f"auroc_{how}"] = auroc(s, correct)  # candidate score against final-answer correctness
     if step_scores is not None:
         preds, labs = [], []
         P, N = correct.shape
@@ -86,4 +88,27 @@ def pool_diagnostics(texts, tokens, answers, correct, agg: dict, step_scores, st
                 preds.extend(sc[:k].tolist())
                 labs.extend(lab[:k])
         out["calibration"] = reliability(preds, labs) if preds else None
+        out["step_auroc"] = auroc(preds, labs) if preds else None  # step score against the exact step label
     return out
+
+
+def auroc(scores, labels) -> float | None:
+    """Area under the ROC curve of `scores` for binary `labels` (ties count one half); None if one class is absent.
+
+    The probability that a random positive scores above a random negative (Mann-Whitney U).
+    """
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(labels, np.float64).ravel() >= 0.5
+    if s.shape != y.shape:
+        raise ValueError(f"scores has {s.size} values but labels has {y.size}; expected equal counts")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(s.size, np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

@@ -267,3 +267,55 @@ def lm_batch(texts: Sequence[tuple[str, str]], length: int, rng: np.random.Gener
         # position t predicts token t+1: completion targets start at len(prompt)
         mask[i, start + len(encode(p)) - 1: start + len(ids) - 1] = 1.0
     return toks, mask
+
+
+# --- a text corpus for `ttc train` -----------------------------------------------
+
+def heldout_prompts(n: int, seed: int = 0) -> set[str]:
+    """Prompts of the first `n` held-out problems per level (as `ttc best-of-n --seed` draws them)."""
+    return {q.prompt for i, lv in enumerate(LEVELS) for q in sample_problems(seed * 100 + i, lv, n)}
+
+
+def corpus_texts(n: int, seed: int, weights: dict[str, float], *, exclude: set[str] = frozenset(),
+                 max_left_pad: int = 0) -> list[str]:
+    """`n` training documents PAD*k + prompt + solution + EOS (k uniform in [0, max_left_pad]), levels drawn
+    with probabilities `weights`; prompts in `exclude` (e.g. `heldout_prompts`) are never written.
+
+    Packed by `ttc data prepare` / `ttc train`, the pads teach the model the left-padded layout of sampling.
+    """
+    if seed < 1000:
+        raise ValueError(f"seed={seed}; training seeds must be >= 1000 (held-out problems use seeds < 1000)")
+    bad = [k for k in weights if k not in LEVELS]
+    if bad or not weights or min(weights.values()) < 0 or sum(weights.values()) <= 0:
+        raise ValueError(f"weights={weights!r}; expected non-negative weights over levels {list(LEVELS)}")
+    names = list(weights)
+    p = np.asarray([weights[k] for k in names], np.float64)
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        q = sample_problem(rng, names[int(rng.choice(len(names), p=p / p.sum()))])
+        if q.prompt in exclude:
+            continue
+        out.append(chr(PAD) * int(rng.integers(0, max_left_pad + 1)) + q.prompt + q.solution + chr(EOS))
+    return out
+
+
+def corrupt_steps(problem: Problem, rng: np.random.Generator) -> list[str]:
+    """A wrong solution for PRM training: one random step gets a wrong result, a miscopied operand or the
+    other operator (chosen at random); the remaining steps continue correctly from the wrong value."""
+    steps, acc = [], problem.terms[0]
+    bad = int(rng.integers(len(problem.ops)))
+    for i, (op, t) in enumerate(zip(problem.ops, problem.terms[1:])):
+        kind = int(rng.integers(4)) if i == bad else -1
+        delta = int(rng.choice([-1, 1])) * int(rng.choice([1, 1, 2, 3, 10, int(rng.integers(1, 20))]))
+        a = max(0, acc + delta) if kind == 1 else acc
+        b = max(0, t + delta) if kind == 2 else t
+        o = ("*" if op == "+" else "+") if kind == 3 else op
+        new = a + b if o == "+" else a * b
+        if kind == 0:
+            new = max(0, new + delta)
+        if i == bad and f"{a}{o}{b}={new}" == f"{acc}{op}{t}={acc + t if op == '+' else acc * t}":
+            new += 1  # the change happened to reproduce the right step
+        steps.append(f"{a}{o}{b}={new}")
+        acc = new
+    return steps
