@@ -30,11 +30,19 @@ merged["note"] = a.note
 os.makedirs(a.out, exist_ok=True)
 with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump(merged, f, indent=1)
-policy = checkpoint.load_info(merged["policy"])
-prm = checkpoint.load_info(merged["prm"]) if merged.get("prm") else None
-orm = checkpoint.load_info(merged["orm"]) if merged.get("orm") else None
-cfg = lambda info: checkpoint._config(info) if info else None
-curves = curves_dict(merged, cfg(policy), cfg(prm), cfg(orm))
+
+
+def cfg(path):
+    """The ModelConfig of an .npz checkpoint or a checkpoint folder / shipped name (None for no path)."""
+    if not path:
+        return None
+    if os.path.exists(path + ".json"):
+        return checkpoint._config(checkpoint.load_info(path))
+    from ttc_jax.checkpoints.store import read_config, resolve
+    return read_config(resolve(path))[0]
+
+
+curves = curves_dict(merged, cfg(merged["policy"]), cfg(merged.get("prm")), cfg(merged.get("orm")))
 with open(os.path.join(a.out, "curves.json"), "w") as f:
     json.dump(curves, f, indent=1)
 plots.write_all(merged, a.out)

@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
-# Best-of-N benchmark on the CPU: train the policy, then the PRM and ORM (in parallel), then evaluate.
-# Weights go to $MODELS (not the repo); results, curves and plots to benchmarks/results/bon/.
-# Usage: benchmarks/bon/run.sh [MODELS_DIR]   (the recorded run: see benchmarks/results/bon/README.md)
+# Best-of-N benchmark on the CPU: the policy by `ttc train` on an arithmetic corpus, then the PRM and ORM
+# (initialised from the policy, in parallel), then `ttc best-of-n` per level, merged; then ship to checkpoints/.
+# Weights and logs go to $MODELS (not the repo); results, curves and plots to benchmarks/results/bon/.
+# Usage: benchmarks/bon/run.sh [MODELS_DIR]   (the recorded run and its time caps: benchmarks/results/bon/README.md)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MODELS=${1:-/work/coord/bon_models}
+MODELS=${1:-/work/coord/bon_models2}
 PY=${PY:-.venv/bin/python}
+TTC=${TTC:-.venv/bin/ttc}
+PROBLEMS=${PROBLEMS:-200}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 mkdir -p "$MODELS/logs"
-nice -n 10 $PY benchmarks/bon/train_policy.py --out "$MODELS/policy0" --minutes 22 --steps 1600 \
-  > "$MODELS/logs/policy.log" 2>&1
-# the policy trains on while the PRM and ORM learn from the 22-minute policy's samples (time on the shared CPU)
-nice -n 10 $PY benchmarks/bon/train_policy.py --init "$MODELS/policy0" --out "$MODELS/policy" --minutes 12 \
-  --steps 700 --batch 16 --lr 1.5e-3 --seed 1 > "$MODELS/logs/policy2.log" 2>&1 &
-nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy0" --out "$MODELS/prm" --kind prm --labels exact \
-  --minutes 12 --data "$MODELS/prm_data.jsonl" > "$MODELS/logs/prm.log" 2>&1 &
-nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy0" --out "$MODELS/orm" --kind orm \
-  --minutes 10 --seed 1 > "$MODELS/logs/orm.log" 2>&1 &
-wait
+$PY benchmarks/bon/make_corpus.py --out "$MODELS/arith.jsonl" --docs 300000
+$TTC data prepare --source "$MODELS/arith.jsonl" --out "$MODELS/arith_data" --val-fraction 0.01
+# SIGINT at the time cap: ttc train saves a checkpoint and stops (re-running the command resumes)
+timeout -s INT 50m nice -n 10 $TTC train --config tiny-transformer --workdir "$MODELS/policy_run" --steps 1200 \
+  --no-progress --set d_model=128 ffn_dim=512 n_layers=4 max_seq_len=128 data_dir="$MODELS/arith_data" seq_len=128 \
+  batch_size=32 lr=2e-3 warmup_steps=100 eval_every=200 eval_batches=4 save_every=100 log_every=20 \
+  > "$MODELS/logs/policy.log" 2>&1 || true
+$PY benchmarks/bon/ship.py --workdir "$MODELS/policy_run" --policy-only --out "$MODELS"   # -> $MODELS/policy
+nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy" --out "$MODELS/prm" --kind prm \
+  --data "$MODELS/prm_data.jsonl" --minutes 18 > "$MODELS/logs/prm.log" 2>&1
+nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy" --out "$MODELS/orm" --kind orm \
+  --data "$MODELS/prm_data.jsonl" --minutes 12 --seed 1 > "$MODELS/logs/orm.log" 2>&1
 # one process per difficulty level (the shared CPU gives each process a slice), then merge
 for lv in easy medium hard; do
   nice -n 10 $PY -m ttc_jax.cli best-of-n --policy "$MODELS/policy" --prm "$MODELS/prm" --orm "$MODELS/orm" \
-    --levels $lv --problems 50 --search-problems 16 --n 1,2,4,8,16,32,64 --search-n 4,16 --width 4 \
-    --out "$MODELS/eval_$lv" > "$MODELS/logs/eval_$lv.log" 2>&1 &
+    --levels $lv --problems $PROBLEMS --search-problems 50 --n 1,2,4,8,16,32,64 --search-n 4,16 --width 4 \
+    --no-progress --out "$MODELS/eval_$lv" > "$MODELS/logs/eval_$lv.log" 2>&1 &
 done
 wait
 $PY benchmarks/bon/merge.py --out benchmarks/results/bon "$MODELS/eval_easy" "$MODELS/eval_medium" "$MODELS/eval_hard"
+$PY benchmarks/bon/ship.py --workdir "$MODELS/policy_run" --prm "$MODELS/prm" --orm "$MODELS/orm" --out checkpoints

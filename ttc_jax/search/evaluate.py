@@ -122,6 +122,9 @@ def evaluate_level(policy: Policy, prm: RewardScorer | None, orm: RewardScorer |
 
     diag = D.pool_diagnostics(texts, toks, answers, correct, agg, step_scores, step_mask_,
                               [[A.exact_step_labels(q.prompt, c) for c in row] for q, row in zip(problems, texts)])
+    if orm_scores is not None:
+        diag["auroc_orm"] = D.auroc(orm_scores, correct)
+        diag["selection_orm"] = D.selection_accuracy(orm_scores, correct)
     return {"accuracy": {k: {str(n): v for n, v in d.items()} for k, d in acc.items()},
             "num_problems": P, "num_search_problems": search_P if set(strategies) & set(SEARCH_STRATEGIES) else 0,
             "n_max": n_max, "single_sample_accuracy": float(correct.mean()),
