@@ -124,18 +124,43 @@ def main() -> None:
     ap.add_argument("--memory-batch", type=int, default=4)
     ap.add_argument("--out", default="benchmarks/results/train_step.json")
     ap.add_argument("--trace-dir", default="/tmp/ttc_train_step_traces")
+    ap.add_argument("--attention-ab", default="tiny-transformer,tiny-hybrid",
+                    help="presets timed with dense attention (attn_block_size=0) vs the default query blocks")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of --out for presets/sections not re-run (use --memory-preset '' to skip)")
     args = ap.parse_args()
     install_named_scopes()
     out = {"machine": "shared 2-core CPU (other jobs running); timings noisy, compare within this run",
            "devices": str(jax.devices()), "peak_flops": peaks.total_peak_flops(), "throughput": [], "memory": []}
+    if args.merge and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        rerun = set(args.presets.split(","))
+        out["throughput"] = [r for r in old.get("throughput", []) if r["preset"] not in rerun]
+        out["memory"] = [] if args.memory_preset else old.get("memory", [])
+        out["attention_blocks"] = [] if args.attention_ab else old.get("attention_blocks", [])
 
     def save():
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
 
+    # dense masked T x T attention vs query blocks over only the visible keys, same run
+    for p in filter(None, args.attention_ab.split(",")):
+        t = TrainConfig(steps=100, batch_size=args.batch, seq_len=args.seq_len, warmup_steps=10)
+        dense = measure(p, t, max(3, args.reps), {"attn_block_size": 0})
+        blocked = measure(p, t, max(3, args.reps))
+        row = {"preset": p, "seq_len": args.seq_len, "dense_step_s": dense["step_s"],
+               "blocked_step_s": blocked["step_s"], "attn_block_size": get_config(p).attn_block_size,
+               "speedup": dense["step_s"] / blocked["step_s"],
+               "dense_peak_bytes": dense["peak_bytes"], "blocked_peak_bytes": blocked["peak_bytes"],
+               "loss_dense": dense["loss"], "loss_blocked": blocked["loss"]}
+        print(json.dumps(row), flush=True)
+        out.setdefault("attention_blocks", []).append(row)
+        save()
+
     # peak memory (compiled step's memory analysis) at the same tokens per step
-    B = args.memory_batch
-    variants = [("baseline", dict(batch_size=B), {}),
+    B = args.memory_batch if args.memory_preset else 0
+    variants = [] if not B else [("baseline", dict(batch_size=B), {}),
                 (f"grad_accum={B}", dict(batch_size=B, grad_accum=B), {}),
                 ("remat_layers", dict(batch_size=B), {"remat_layers": True}),
                 ("no inner remat (remat_group=0)", dict(batch_size=B), {"remat_group": 0})]

@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--eval-batches", type=int, default=24)
     ap.add_argument("--extra", nargs="*", default=[], help="more --set overrides for every run")
+    ap.add_argument("--machine", default="2-core CPU", help="recorded with the results (say if it was shared)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     common = [f"seq_len={args.seq_len}", f"batch_size={args.batch}", f"eval_every={args.steps // 2}",
@@ -44,7 +45,7 @@ def main() -> None:
               f"warmup_steps={max(1, args.steps // 10)}", *args.extra]
     results = {"config": {"steps": args.steps, "seq_len": args.seq_len, "batch_size": args.batch,
                           "tokens": args.steps * args.seq_len * args.batch, "eval_batches": args.eval_batches,
-                          "overrides": common, "machine": "shared 2-core CPU (7 other jobs), nice -n 10"},
+                          "overrides": common, "machine": args.machine},
                "runs": {}}
     for preset in args.presets.split(","):
         workdir = os.path.join(args.root, preset)

@@ -82,7 +82,7 @@ def test_untied_head_is_used():
 
 
 @pytest.mark.parametrize("field,value", [("pre_conv", "yes"), ("use_gate", 1.5), ("tie_word_embeddings", None),
-                                         ("norm_eps", 0.0)])
+                                         ("norm_eps", 0.0), ("attn_block_size", -1), ("attn_block_size", 2.5)])
 def test_bad_flag_values(field, value):
     with pytest.raises(ValueError, match=field):
         get_config("tiny-ttt-linear", **{field: value})

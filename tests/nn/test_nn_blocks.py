@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ttc_jax.nn.attention import Attention, KVCache, init_kv_cache
+from ttc_jax.nn.attention import Attention, KVCache, attend, attention_mask, blocked_causal_attention, init_kv_cache
 from ttc_jax.nn.config import ModelConfig
 from ttc_jax.nn.conv import CausalConv
 from ttc_jax.nn.mlp import SwiGLU
@@ -161,9 +161,9 @@ def attention_reference(attn, x, pos0=0, window=None):
     return out.reshape(Bx, Tx, D) @ np.asarray(attn.wo.kernel[...], np.float64)
 
 
-@pytest.mark.parametrize("window", [None, 5])
-def test_attention_full_pass_vs_reference(window):
-    attn = Attention(make_cfg(sliding_window=window), rngs=nnx.Rngs(2))
+@pytest.mark.parametrize("window,block", [(None, 0), (5, 0), (None, 5), (5, 4)])
+def test_attention_full_pass_vs_reference(window, block):
+    attn = Attention(make_cfg(sliding_window=window, attn_block_size=block), rngs=nnx.Rngs(2))
     x = rand(6, (B, T, D))
     y, cache = attn(x, pos=3)
     assert cache is None and y.shape == (B, T, D)
@@ -197,6 +197,19 @@ def test_attention_decode_matches_full(window):
         yt, cache = step(state, x[:, t:t + 1], cache, jnp.int32(t))
         ys.append(yt)
     np.testing.assert_allclose(jnp.concatenate(ys, 1), y_full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [None, 3, 7])
+def test_blocked_attention_equals_dense_values_and_gradients(window):
+    """Query blocks over only the visible keys == one dense masked T x T softmax (T not a multiple)."""
+    q, k, v, g = (rand(20 + i, (B, 11, H, F)) for i in range(4))
+    pos = jnp.arange(11, dtype=jnp.int32) + 2
+    dense = lambda q, k, v: attend(q, k, v, attention_mask(pos, pos, window))
+    blocked = lambda q, k, v: blocked_causal_attention(q, k, v, pos, window, 4)
+    np.testing.assert_allclose(blocked(q, k, v), dense(q, k, v), rtol=1e-6, atol=1e-6)
+    grads = [jax.vjp(f, q, k, v)[1](g) for f in (blocked, dense)]
+    for gb, gd in zip(*grads):
+        np.testing.assert_allclose(gb, gd, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_bfloat16_activations():

@@ -48,6 +48,35 @@ def attention_mask(q_pos: Int[Array, "t"], k_pos: Int[Array, "s"], window: int |
     return mask
 
 
+def attend(q: Float[Array, "b t h f"], k: Float[Array, "b s h f"], v: Float[Array, "b s h f"],
+           mask: jax.Array) -> Float[Array, "b t h f"]:
+    """Softmax attention of q over k, v under a boolean [T, S] mask, in float32 (scale 1/sqrt(F))."""
+    logits = jnp.einsum("bthf,bshf->bhts", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits = logits / math.sqrt(q.shape[-1])
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhts,bshf->bthf", probs, v.astype(jnp.float32))
+
+
+def blocked_causal_attention(q: Float[Array, "b t h f"], k: Float[Array, "b t h f"], v: Float[Array, "b t h f"],
+                             pos: Int[Array, "t"], window: int | None, block: int) -> Float[Array, "b t h f"]:
+    """Causal self-attention in query blocks of `block` rows, each over only the keys it can see.
+
+    Equal to `attend` with the full causal mask; skips the masked upper triangle (and keys outside a
+    sliding window), about half the work and memory of the dense T x T form for long T.
+    """
+    T = q.shape[1]
+    if not block or T <= block:
+        return attend(q, k, v, attention_mask(pos, pos, window))
+    outs = []
+    for start in range(0, T, block):
+        end = min(T, start + block)
+        first = 0 if window is None else max(0, start - window + 1)
+        mask = attention_mask(pos[start:end], pos[first:end], window)
+        outs.append(attend(q[:, start:end], k[:, first:end], v[:, first:end], mask))
+    return jnp.concatenate(outs, axis=1)
+
+
 class Attention(nnx.Module):
     """Multi-head causal softmax attention (RoPE on q, k; scale 1/sqrt(F); softmax in float32)."""
 
@@ -57,6 +86,7 @@ class Attention(nnx.Module):
         self.head_dim = cfg.head_dim
         self.rope_theta = cfg.rope_theta
         self.sliding_window = cfg.sliding_window
+        self.block_size = cfg.attn_block_size
         self.dtype = jnp.dtype(cfg.dtype)
         kw = dict(use_bias=False, kernel_init=nnx.initializers.normal(cfg.init_std),
                   dtype=self.dtype, param_dtype=jnp.float32, rngs=rngs)
@@ -93,22 +123,15 @@ class Attention(nnx.Module):
                    for a in (q, k, v))
 
         if cache is None:
-            k_pos = q_pos
+            out = blocked_causal_attention(q, k, v, q_pos, self.sliding_window, self.block_size)
         else:
             self._check_cache(cache, B, T, pos)
             zero = jnp.zeros((), jnp.int32)
             start = (zero, pos, zero, zero)
             cache = KVCache(k=jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
                             v=jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
-            k, v = cache.k, cache.v
             k_pos = jnp.arange(cache.size, dtype=jnp.int32)
-
-        mask = attention_mask(q_pos, k_pos, self.sliding_window)  # [T, S]
-        logits = jnp.einsum("bthf,bshf->bhts", q.astype(jnp.float32), k.astype(jnp.float32))
-        logits = logits / math.sqrt(F)
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhts,bshf->bthf", probs, v.astype(jnp.float32))
+            out = attend(q, cache.k, cache.v, attention_mask(q_pos, k_pos, self.sliding_window))
         y = self.wo(out.reshape(B, T, H * F).astype(self.dtype))
         return y, cache
 

@@ -52,6 +52,7 @@ class ModelConfig:
     max_seq_len: int = 2048
     ttt_base_lr: float | None = None  # None: 1.0 for TTT-Linear, 0.1 for TTT-MLP
     sliding_window: int | None = None  # attention layers only
+    attn_block_size: int = 128  # query block of uncached causal attention (0: one dense T x T block)
     remat_group: int = 4  # mini-batches per rematerialised group of the inner scan
     scan_layers: bool = True  # stack repeating layer groups and scan over them
     remat_layers: bool = False  # rematerialise each block in the backward pass
@@ -88,6 +89,9 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.backbone={self.backbone!r}; expected one of {BACKBONES}")
         if self.sliding_window is not None and self.sliding_window < 1:
             raise ValueError(f"ModelConfig.sliding_window must be None or >= 1, got {self.sliding_window!r}")
+        if isinstance(self.attn_block_size, bool) or not isinstance(self.attn_block_size, numbers.Integral) \
+                or self.attn_block_size < 0:
+            raise ValueError(f"ModelConfig.attn_block_size must be an int >= 0 (0: dense), got {self.attn_block_size!r}")
         if self.remat_group < 0:
             raise ValueError(f"ModelConfig.remat_group must be >= 0 (0 disables remat), got {self.remat_group}")
         for name in ("pre_conv", "share_qk", "use_gate"):
