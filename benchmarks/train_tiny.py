@@ -38,14 +38,24 @@ def main() -> None:
     ap.add_argument("--eval-batches", type=int, default=24)
     ap.add_argument("--extra", nargs="*", default=[], help="more --set overrides for every run")
     ap.add_argument("--machine", default="2-core CPU", help="recorded with the results (say if it was shared)")
+    ap.add_argument("--ship", default=None, metavar="PRESET=DIR",
+                    help="afterwards, write that run's final checkpoint as a shipped model folder with a card")
+    ap.add_argument("--ship-only", action="store_true", help="only --ship, from the results.json in --out")
     args = ap.parse_args()
+    if args.ship_only:
+        with open(os.path.join(args.out, "results.json")) as f:
+            results = json.load(f)
+        preset, dst = args.ship.split("=", 1)
+        ship(results, preset, dst, results["config"].get("command", "python benchmarks/train_tiny.py"))
+        return
     os.makedirs(args.out, exist_ok=True)
     common = [f"seq_len={args.seq_len}", f"batch_size={args.batch}", f"eval_every={args.steps // 2}",
               f"eval_batches={args.eval_batches}", f"save_every={args.steps // 2}", "log_every=4",
               f"warmup_steps={max(1, args.steps // 10)}", *args.extra]
     results = {"config": {"steps": args.steps, "seq_len": args.seq_len, "batch_size": args.batch,
                           "tokens": args.steps * args.seq_len * args.batch, "eval_batches": args.eval_batches,
-                          "overrides": common, "machine": args.machine},
+                          "overrides": common, "machine": args.machine,
+                          "command": " ".join(["python", "benchmarks/train_tiny.py", *sys.argv[1:]])},
                "runs": {}}
     for preset in args.presets.split(","):
         workdir = os.path.join(args.root, preset)
@@ -78,6 +88,50 @@ def main() -> None:
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
     plot(results, os.path.join(args.out, "train_tiny.png"))
+    if args.ship:
+        preset, dst = args.ship.split("=", 1)
+        ship(results, preset, dst, results["config"]["command"])
+
+
+def ship(results: dict, preset: str, dst: str, command: str) -> None:
+    """The preset's final checkpoint as a `from_pretrained` folder, with a model card from the results."""
+    from ttc_jax import save_pretrained
+    from ttc_jax.checkpoints.training import load_train_workdir
+
+    r, c = results["runs"][preset], results["config"]
+    model, cfg, info = load_train_workdir(r["workdir"])
+    n_params = sum(int(x.size) for x in __import__("jax").tree.leaves(__import__("flax").nnx.state(model)))
+    val = ", ".join(f"{v:.3f} at step {s}" for s, v in r["val_curve"])
+    card = f"""# {os.path.basename(dst.rstrip("/"))}
+
+A tiny {preset} language model over UTF-8 bytes (vocab 256; {cfg.n_layers} layers, d_model {cfg.d_model},
+{cfg.n_heads} heads, mini-batch {cfg.mini_batch_size}, backbone {cfg.backbone}; {n_params:,} parameters),
+trained by `ttc train` on the Python standard library source corpus (`ttc data prepare`'s default `stdlib`
+corpus; train/validation split by file). It is the code model of `ttc demo` and the small real result of
+`benchmarks/results/train_tiny/`; a CPU-sized model, so its completions are code-shaped, not correct code.
+
+| | |
+|---|---|
+| data | Python stdlib sources, byte tokenizer, context {c['seq_len']} |
+| steps | {info['step']} x batch {c['batch_size']} x {c['seq_len']} = {c['tokens']:,} training tokens |
+| validation loss | {val} (nats/byte; {c['eval_batches']} batches; uniform is ln 256 = 5.545) |
+| training tokens/s | {r['tokens_per_s_median']:,.0f} (median; {c['machine']}) |
+| wall time | {r['wall_s']:.0f} s (training, evaluation and checkpoints) |
+
+Reproduce (trains all four tiny presets on the same budget, then writes this folder):
+
+```bash
+{command}
+```
+
+```python
+import ttc_jax
+model, config, tokenizer = ttc_jax.from_pretrained("{os.path.basename(dst.rstrip("/"))}", with_tokenizer=True)
+```
+"""
+    save_pretrained(model, cfg, dst, card=card, tokenizer="byte", overwrite=True,
+                    metadata={"trained_by": "ttc train", "step": info["step"], "val_loss": r["final_val_loss"]})
+    print(f"shipped {preset} step {info['step']} to {dst}", flush=True)
 
 
 def plot(results: dict, path: str) -> None:
