@@ -93,23 +93,22 @@ def test_checkpoint_roundtrip_and_mismatch(rm, tmp_path):
 
 
 def test_reward_pretrained_folder_roundtrip(rm, tmp_path):
-    import ttc_jax
-
-    head_k = jax.random.normal(jax.random.key(5), rm.head.kernel.value.shape)  # random head, not the init
-    trained = RewardModel(CFG, separator=SEP, kind="orm", rngs=nnx.Rngs(3))
-    trained.head.kernel.value = head_k
+    trained = nnx.clone(rm)
+    trained.head.kernel.value = jax.random.normal(jax.random.key(5), rm.head.kernel.value.shape)  # not the init
     trained.head.bias.value = jnp.asarray([0.3])
     path = tmp_path / "arith-prm"
     checkpoint.save_reward_pretrained(trained, str(path), metadata={"note": "test"})
     x = jax.random.randint(jax.random.key(6), (2, 9), 0, 256)
+    fwd = nnx.jit(lambda m, t: m(t))
+    want = fwd(trained, x)
     for back in (checkpoint.load_reward_pretrained(str(path)), checkpoint.load_reward(str(path))):
-        assert back.kind == "orm" and back.separator == SEP
-        np.testing.assert_array_equal(back(x), trained(x))
-    lm, cfg = ttc_jax.from_pretrained(str(path))  # the folder is also a plain LM checkpoint (the backbone)
-    np.testing.assert_array_equal(nnx.jit(lambda m, t: m(t))(lm, x), nnx.jit(lambda m, t: m(t))(trained.backbone, x))
+        assert back.kind == "prm" and back.separator == SEP
+        np.testing.assert_array_equal(fwd(back, x), want)
+    # the folder is also a plain LM checkpoint of the backbone (`ttc best-of-n --policy` takes folders too)
+    lm = checkpoint.load_policy(str(path))
+    np.testing.assert_array_equal(fwd(lm, x), fwd(trained.backbone, x))
     with pytest.raises(ValueError, match="already exists"):
         checkpoint.save_reward_pretrained(trained, str(path))
-    plain = tmp_path / "plain"
-    ttc_jax.save_pretrained(trained.backbone, CFG, plain)
+    (path / checkpoint.HEAD_FILE).unlink()
     with pytest.raises(ValueError, match="is not a reward model"):
-        checkpoint.load_reward_pretrained(str(plain))
+        checkpoint.load_reward_pretrained(str(path))
