@@ -100,8 +100,7 @@ def sharded_run():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # default-run budget: about 50 s; `make test-all` runs it
-def test_sharded_forward_and_gradient_equal_one_device(sharded_run):
+def test_sharded_forward_and_gradient_equal_one_device(sharded_run):  # shares the subprocess run below
     r = sharded_run
     assert r["n_devices"] == 8
     assert abs(r["loss"][0] - r["loss"][1]) <= 1e-5 * abs(r["loss"][0])
