@@ -7,7 +7,7 @@ from ttc_jax.cli import main
 
 def test_demo_runs_and_decoding_matches_full_pass(tmp_path, capsys):
     out = tmp_path / "demo.json"
-    assert main(["demo", "--batch", "2", "--seq-len", "32", "--new-tokens", "8", "--json", str(out)]) == 0
+    assert main(["demo", "--random", "--batch", "2", "--seq-len", "32", "--new-tokens", "8", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["greedy_agreement"] == 1.0
     assert result["parameters"]["total"] == sum(v for k, v in result["parameters"].items() if k != "total")
@@ -16,7 +16,7 @@ def test_demo_runs_and_decoding_matches_full_pass(tmp_path, capsys):
 
 
 def test_cli_bad_input_is_one_line_and_nonzero(capsys):
-    assert main(["demo", "--preset", "ttt-linear-7b"]) == 2
+    assert main(["demo", "--random", "--preset", "ttt-linear-7b"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown preset name='ttt-linear-7b'" in err
 
@@ -25,6 +25,15 @@ def test_demo_bad_sizes_are_one_line_errors(capsys):
     for argv, msg in ((["--batch", "0"], "batch=0; expected an int >= 1"),
                       (["--seq-len", "1"], "seq_len=1; expected an int >= 2 (half of it is the prompt)"),
                       (["--new-tokens", "0"], "new_tokens=0; expected an int >= 1")):
+        assert main(["demo", "--random", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and msg in err, err
+
+
+def test_pretrained_demo_bad_input(capsys):
+    for argv, msg in ((["--problems", "0"], "problems=0; expected an int >= 1"),
+                      (["--n", "0,4"], "--n='0,4'; expected a comma list of ints >= 1"),
+                      (["--policy", "no-such-model"], "no-such-model")):
         assert main(["demo", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and msg in err, err

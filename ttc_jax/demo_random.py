@@ -1,8 +1,7 @@
-"""The main demo (`ttc demo`, `make run`): build a small hybrid TTT model, run it, generate."""
+"""`ttc demo --random`: build a small hybrid TTT model with random weights, run it, generate, check decoding."""
 
 from __future__ import annotations
 
-import json
 import numbers
 import time
 
@@ -93,24 +92,3 @@ def run_demo(preset: str = "tiny-hybrid", batch: int = 4, seq_len: int = 128, ne
                            for i, st in stats.items()},
             "forward_compile_s": compile_s, "decode_tokens_per_s": batch * new_tokens / decode_s,
             "prefill_s": prefill_s, "greedy_agreement": agree, "loss": float(nll)}
-
-
-def main(args) -> int:
-    result = run_demo(args.preset, batch=args.batch, seq_len=args.seq_len, new_tokens=args.new_tokens,
-                      seed=args.seed)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="build a small hybrid TTT model, run a forward pass and generate")
-    p.add_argument("--preset", default="tiny-hybrid")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the measurements to this JSON file")
-    p.set_defaults(func=main)
