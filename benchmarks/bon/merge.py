@@ -1,4 +1,6 @@
-"""Merge per-level `ttc best-of-n` output folders (run in parallel) into one results.json, curves.json and plots.
+"""Merge `ttc best-of-n` output folders (run in parallel: one per level, and e.g. one with only beam search /
+DVTS on fewer problems) into one results.json, curves.json and plots; a later folder adds the strategies a
+level does not have yet.
 
   .venv/bin/python benchmarks/bon/merge.py --out benchmarks/results/bon /tmp/bon_easy /tmp/bon_medium /tmp/bon_hard
 """
@@ -22,9 +24,19 @@ for d in a.dirs:
     if merged is None:
         merged = {k: v for k, v in r.items() if k != "levels"}
         merged["levels"], merged["wall_seconds_per_level"] = {}, {}
-    merged["levels"].update(r["levels"])
-    for lv in r["levels"]:
-        merged["wall_seconds_per_level"][lv] = r["wall_seconds"]
+    for lv, d in r["levels"].items():
+        if lv in merged["levels"]:  # a second run on this level (e.g. beam search / DVTS only): add its strategies
+            old = merged["levels"][lv]
+            for k in d["accuracy"]:
+                if k not in old["accuracy"]:
+                    old["accuracy"][k] = d["accuracy"][k]
+            old["num_search_problems"] = max(old["num_search_problems"], d["num_search_problems"])
+            old["timing"].update({k: v for k, v in d["timing"].items() if k not in old["timing"]})
+            merged["wall_seconds_per_level"][lv] += r["wall_seconds"] / len(r["levels"])
+        else:
+            merged["levels"][lv] = d
+            merged["wall_seconds_per_level"][lv] = r["wall_seconds"] / len(r["levels"])
+    merged["strategies"] = sorted(set(merged["strategies"]) | set(r["strategies"]))
 merged.pop("wall_seconds", None)
 merged["note"] = a.note
 os.makedirs(a.out, exist_ok=True)

@@ -24,6 +24,7 @@ p.add_argument("--out", required=True)
 p.add_argument("--policy-name", default="arith-policy")
 p.add_argument("--policy-only", action="store_true")
 p.add_argument("--results", default="benchmarks/results/bon/results.json")
+p.add_argument("--policy-note", default="", help="markdown after the policy card's table (e.g. how the run was capped)")
 p.add_argument("--extra", default="", help="markdown appended to every card (e.g. the evaluation table)")
 a = p.parse_args()
 
@@ -64,6 +65,8 @@ JSONL corpus of worked problems.
 | training loss | {losses[-1][1]:.4f} nats/byte at step {losses[-1][0]} (all tokens, prompts' random digits included) |
 | validation loss | {', '.join(f'{v:.4f} (step {s})' for s, v in vals) or 'n/a'} |
 | training tokens/s | {np.median(tps):.0f} (median of the logged windows; a 2-core CPU shared with other jobs, nice -n 10) |
+
+{a.policy_note}
 
 Loss is on every byte, including the prompt's random operands (unpredictable), so it does not go to 0
 even for a perfect solver; accuracy on held-out problems is in benchmarks/results/bon/README.md.
