@@ -104,7 +104,7 @@ def ship(results: dict, preset: str, dst: str, command: str) -> None:
     val = ", ".join(f"{v:.3f} at step {s}" for s, v in r["val_curve"])
     card = f"""# {os.path.basename(dst.rstrip("/"))}
 
-A tiny {preset} language model over UTF-8 bytes (vocab 256; {cfg.n_layers} layers, d_model {cfg.d_model},
+A {preset} language model over UTF-8 bytes (vocab 256; {cfg.n_layers} layers, d_model {cfg.d_model},
 {cfg.n_heads} heads, mini-batch {cfg.mini_batch_size}, backbone {cfg.backbone}; {n_params:,} parameters),
 trained by `ttc train` on the Python standard library source corpus (`ttc data prepare`'s default `stdlib`
 corpus; train/validation split by file). It is the code model of `ttc demo` and the small real result of
@@ -118,7 +118,15 @@ corpus; train/validation split by file). It is the code model of `ttc demo` and 
 | training tokens/s | {r['tokens_per_s_median']:,.0f} (median; {c['machine']}) |
 | wall time | {r['wall_s']:.0f} s (training, evaluation and checkpoints) |
 
-Reproduce (trains all four tiny presets on the same budget, then writes this folder):
+Reproduce: the run, then this folder from its last checkpoint,
+
+```bash
+ttc train --config {preset} --workdir runs/{preset} --steps {c['steps']} --no-progress --set {' '.join(c['overrides'])}
+python -c "from ttc_jax.checkpoints.training import load_train_workdir; from ttc_jax import save_pretrained; \\
+m, c, _ = load_train_workdir('runs/{preset}'); save_pretrained(m, c, '{dst}', tokenizer='byte')"
+```
+
+or all four tiny presets on the same budget and this folder with its card in one go:
 
 ```bash
 {command}
