@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
+from ttc_jax.ttt.fused import minibatch_scan
 from ttc_jax.ttt.learners import Learner, commit
 from ttc_jax.ttt.state import TTTState, static_pos
 
@@ -55,8 +56,11 @@ def _zeros(tree):
 
 
 def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, ln_bias, eps,
-         *, remat_group: int = 4, stats: bool = False):
-    """z [B, H, T, F], the new state, and per-segment stats ([B, H, n_segments]) or None."""
+         *, remat_group: int = 4, stats: bool = False, fused: bool = True):
+    """z [B, H, T, F], the new state, and per-segment stats ([B, H, n_segments]) or None.
+
+    fused=False scans `Learner.segment` under `jax.checkpoint` for full mini-batches too (the
+    implementation before `fused.minibatch_scan`; for tests and benchmarks)."""
     p = static_pos(state)
     if p is None:
         return _tokenwise(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps, stats=stats)
@@ -85,7 +89,11 @@ def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, 
             w, acc, p = commit(w, acc, token_scale[-1]), _zeros(acc), 0
 
     n_full = (T - t) // mini_batch_size
-    if n_full:
+    if n_full and fused and not stats and remat_group > 0:  # the fused scan with its written-out backward
+        w = _fused_minibatches(learner, w, (take(a, t, t + n_full * mini_batch_size) for a in (q, k, v, lr)),
+                               token_scale, ln_scale, ln_bias, eps, remat_group, outs)
+        t += n_full * mini_batch_size
+    elif n_full:  # with stats, or without remat: the per-mini-batch segment, differentiated by JAX
         end = t + n_full * mini_batch_size
         split = lambda a: rearrange(a, "b h (n k) ... -> n b h k ...", k=mini_batch_size)
         xs = tuple(split(take(a, t, end)) for a in (q, k, v, lr))
@@ -109,6 +117,24 @@ def dual(learner: Learner, q, k, v, lr, token_scale, state: TTTState, ln_scale, 
     if stats:
         all_stats = jax.tree.map(lambda *a: jnp.concatenate(a, axis=-1), *stat_parts)
     return z, new_state, all_stats
+
+
+def _fused_minibatches(learner: Learner, w, xs, token_scale, ln_scale, ln_bias, eps, remat_group, outs):
+    """Full mini-batches through `fused.minibatch_scan` in groups of remat_group (>= 1), a shorter
+    last group on its own. Appends z to outs."""
+    names = [f"{p}{i + 1}" for i in range(learner.n_layers) for p in "wb"]
+    ws = tuple(w[n] for n in names)
+    q, k, v, lr = xs
+    K = token_scale.shape[0]
+    n = q.shape[2] // K
+    group = min(remat_group, n)
+    n_main = n // group * group
+    for start, stop, g in ((0, n_main, group), (n_main, n, n - n_main)):
+        if stop > start:
+            part = (a if (start, stop) == (0, n) else a[:, :, start * K:stop * K] for a in (q, k, v, lr))
+            ws, z = minibatch_scan(ws, *part, token_scale, ln_scale, ln_bias, eps, g)
+            outs.append(z)
+    return dict(zip(names, ws))
 
 
 def _tokenwise(learner, q, k, v, lr, token_scale, state, ln_scale, ln_bias, eps, *, stats):
