@@ -1,0 +1,154 @@
+"""ttt_adapt: zero steps, one SGD step against jax.grad, scopes leave the rest bit-identical, the NaN
+guard, vmapped copies equal a loop, carry-over. Tiny shapes; every distinct compilation is counted."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from adapt_oracles import flat_params, layer_of, mean_next_token_loss
+from ttc_jax.adapt import copy_keys, ttt_adapt, ttt_adapt_many
+
+
+def _changed(before: dict, after: dict) -> dict:
+    """{path: boolean row mask (leading axis) of rows that differ in any bit}."""
+    out = {}
+    for p, a in before.items():
+        b = after[p]
+        assert a.shape == b.shape and a.dtype == b.dtype, p
+        diff = a.view(np.uint32) != b.view(np.uint32)
+        out[p] = diff.reshape(diff.shape[0], -1).any(1) if diff.ndim else diff[None]
+    return out
+
+
+def test_zero_steps_returns_the_original_outputs_exactly(tiny, prefix):
+    r = ttt_adapt(tiny, prefix, steps=0, lr=0.1)
+    np.testing.assert_array_equal(np.asarray(r.model(prefix)), np.asarray(tiny(prefix)))
+    assert int(r.steps_done) == 0 and not bool(r.rolled_back) and r.losses.shape == (1,)
+    np.testing.assert_allclose(float(r.losses[0]), float(mean_next_token_loss(tiny, prefix)), rtol=1e-6)
+
+
+def test_one_step_equals_a_hand_computed_sgd_step(tiny, prefix):
+    lr = 0.05
+    before = flat_params(tiny)
+    r = ttt_adapt(tiny, prefix, steps=1, lr=lr)
+    graphdef, params, rest = nnx.split(tiny, nnx.Param, ...)
+    grads = jax.grad(lambda p: mean_next_token_loss(nnx.merge(graphdef, p, rest), prefix))(params)
+    want = flat_params(jax.tree.map(lambda p, g: p - lr * g, params, grads))
+    got = flat_params(r.params)
+    assert set(got) == set(want)
+    for p in want:
+        np.testing.assert_allclose(got[p], want[p], rtol=1e-5, atol=1e-7, err_msg=str(p))
+    assert int(r.steps_done) == 1 and r.losses.shape == (2,) and float(r.losses[1]) < float(r.losses[0])
+    drift = np.sqrt(sum(((got[p] - before[p]) ** 2).sum() for p in got))
+    np.testing.assert_allclose(float(r.final_drift), drift, rtol=1e-4)
+    np.testing.assert_allclose(float(r.drift[1]), drift, rtol=1e-4)
+    assert float(r.drift[0]) == 0.0
+    # the original model is untouched
+    for p, a in flat_params(tiny).items():
+        np.testing.assert_array_equal(a, before[p])
+
+
+def test_diverging_update_rolls_back_and_reports(tiny, prefix):
+    before = flat_params(tiny)
+    r = ttt_adapt(tiny, prefix, steps=1, lr=1e30)
+    assert bool(r.rolled_back) and int(r.rollback_step) == 1 and int(r.steps_done) == 0
+    assert not np.isfinite(float(r.losses[1]))  # the loss of the discarded weights that triggered it
+    np.testing.assert_array_equal(np.asarray(r.model(prefix)), np.asarray(tiny(prefix)))
+    for p, a in flat_params(tiny).items():
+        np.testing.assert_array_equal(a, before[p])
+        np.testing.assert_array_equal(flat_params(r.params)[p], a)
+
+
+def _check_scope(model, result, in_scope):
+    """Only rows where in_scope(path, layer) holds may change; some of them must."""
+    before, after = flat_params(model), flat_params(result.params)
+    n_groups, moved = model.n_groups, 0
+    for p, rows in _changed(before, after).items():
+        layers = layer_of(p, model.cfg, n_groups)
+        stacked = p[0] == "layers" and n_groups
+        layers = layers if stacked else [None if layers is None else layers[0]] * len(rows)
+        allowed = np.array([in_scope(p, layer) for layer in layers])
+        assert not (rows & ~allowed).any(), f"{p} changed outside the scope (rows {np.flatnonzero(rows & ~allowed)})"
+        moved += int(rows.sum())
+    assert moved > 0
+
+
+def test_last_k_on_stacked_layers_and_vmap_equals_a_loop(tiny, prefix):
+    """last_k=1 adapts row 1 of the stacked [2, ...] block parameters only; copies with their own keys
+    (random crops), step counts (masked) and learning rates equal single calls."""
+    kw = dict(scope="last_k", last_k=1, window=6, order="random")
+    key, steps, lrs = jax.random.key(3), np.array([3, 4, 3]), np.array([0.2, 0.1, 0.3], np.float32)
+    many = ttt_adapt_many(tiny, prefix, n=3, steps=steps, lr=lrs, key=key, **kw)
+    keys = copy_keys(key, 3)
+    assert many.losses.shape == (3, 5)
+    for i in range(3):
+        one = ttt_adapt(tiny, prefix, steps=int(steps[i]), lr=float(lrs[i]), key=keys[i], **kw)
+        _check_scope(tiny, one, lambda p, layer: layer is not None and layer >= 1)
+        a, b = flat_params(one.params), flat_params(jax.tree.map(lambda x: x[i], many.params))
+        for p in a:
+            np.testing.assert_allclose(b[p], a[p], rtol=2e-5, atol=1e-6, err_msg=str(p))
+        np.testing.assert_allclose(np.asarray(many.losses[i, :steps[i] + 1]), np.asarray(one.losses), rtol=1e-5)
+        assert np.isnan(np.asarray(many.losses[i, steps[i] + 1:])).all()
+        assert int(many.steps_done[i]) == int(one.steps_done) == steps[i]
+        np.testing.assert_allclose(np.asarray(many.copy(i)(prefix)), np.asarray(one.model(prefix)), rtol=1e-4,
+                                   atol=1e-5)
+    # different keys gave different data orders, hence different copies
+    assert not np.allclose(np.asarray(many.losses[0, 1:4]), np.asarray(many.losses[2, 1:4]))
+
+
+SCOPES = {
+    "all": lambda p, layer: True,
+    "norms": lambda p, layer: any("norm" in c for c in p),
+    "ttt_w0": lambda p, layer: "fast_weights" in p,
+    "lora": lambda p, layer: p[-1] == "kernel" and p[-2] in ("wq", "wk", "wv", "wo", "wg", "w1", "w2", "w3"),
+    "last_k": lambda p, layer: layer is not None and layer >= 3,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", sorted(SCOPES))
+def test_each_scope_leaves_every_other_parameter_bit_identical(hybrid, prefix, scope):
+    r = ttt_adapt(hybrid, prefix, steps=2, lr=0.5, scope=scope, last_k=2, optimizer="adam", lora_rank=2)
+    assert int(r.steps_done) == 2 and not bool(r.rolled_back)
+    _check_scope(hybrid, r, SCOPES[scope])
+    if scope == "lora":  # every adapter moved its kernel (B leaves zero after the first step)
+        changed = _changed(flat_params(hybrid), flat_params(r.params))
+        assert all(changed[p].all() for p in changed if SCOPES["lora"](p, None))
+
+
+@pytest.mark.slow
+def test_injected_inf_rolls_back_to_the_last_good_weights(tiny, prefix):
+    """A transform whose second update is inf: weights after one step come back, rollback_step 2."""
+    def init(params):
+        return jnp.zeros((), jnp.int32)
+
+    def update(grads, count, params=None):
+        count = count + 1
+        return jax.tree.map(lambda g: jnp.where(count == 2, jnp.inf, 1.0) * g, grads), count
+
+    r = ttt_adapt(tiny, prefix, steps=3, lr=0.3, optimizer=optax.GradientTransformation(init, update))
+    assert bool(r.rolled_back) and int(r.rollback_step) == 2 and int(r.steps_done) == 1
+    one = ttt_adapt(tiny, prefix, steps=1, lr=0.3)
+    a, b = flat_params(one.params), flat_params(r.params)
+    for p in a:
+        np.testing.assert_allclose(b[p], a[p], rtol=1e-6, atol=1e-8)
+    assert np.isfinite(np.asarray(r.losses)).all()  # the bad update was caught before it was evaluated
+
+
+@pytest.mark.slow
+def test_carry_over_equals_one_longer_call(tiny, prefix):
+    two = ttt_adapt(tiny, prefix, steps=2, lr=0.05, optimizer="adam")
+    first = ttt_adapt(tiny, prefix, steps=1, lr=0.05, optimizer="adam")
+    second = ttt_adapt(tiny, prefix, steps=1, lr=0.05, optimizer="adam", state=first.state)
+    a, b = flat_params(two.params), flat_params(second.params)
+    for p in a:
+        np.testing.assert_allclose(b[p], a[p], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(second.losses[0]), float(two.losses[1]), rtol=1e-6)
+    np.testing.assert_allclose(float(second.final_drift), float(two.final_drift), rtol=1e-5)
+    reset = ttt_adapt(tiny, prefix, steps=1, lr=0.05, optimizer="adam")
+    np.testing.assert_allclose(float(reset.losses[1]), float(first.losses[1]), rtol=1e-6)
