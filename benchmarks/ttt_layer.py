@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ttc_jax.kernels.bench import build  # the same jitted forward / forward+backward as the kernel benchmark
-from ttc_jax.ttt import LEARNERS
+from ttc_jax.ttt import LEARNERS, ttt
 from ttc_jax.ttt.dual import dual
 from ttc_jax.ttt.state import init_state
 from ttc_jax.ttt.testing import random_inputs
@@ -61,6 +61,13 @@ def build_autodiff(kind, mode, K, remat_group=4):
     def forward(q, k, v, lr, ts, w, lns, lnb):
         return dual(LEARNERS[kind], q, k, v, lr, ts, init_state(w, q.shape[0]), lns, lnb, 1e-6,
                     remat_group=remat_group, fused=False)[0]
+    return _with_grads(forward, mode)
+
+
+def build_xla_group(kind, mode, K, remat_group):
+    """impl "xla@G": the XLA path with remat groups of G mini-batches."""
+    def forward(q, k, v, lr, ts, w, lns, lnb):
+        return ttt(kind, q, k, v, lr, ts, w, lns, lnb, mini_batch_size=K, impl="xla", remat_group=remat_group)[0]
     return _with_grads(forward, mode)
 
 
@@ -148,6 +155,8 @@ def run(lengths, B, H, F, K, kinds, impls, modes, min_repeats, official=None, re
                         fns[impl] = build_official(official, kind, mode, args, K, remat_group)
                     elif impl == "xla_autodiff":
                         fns[impl] = build_autodiff(kind, mode, K, remat_group)
+                    elif impl.startswith("xla@"):
+                        fns[impl] = build_xla_group(kind, mode, K, int(impl[4:]))
                     else:
                         fns[impl] = build(kind, impl, mode, K)
                 try:
@@ -232,7 +241,8 @@ def main(argv=None):
     p.add_argument("--name", default=None, help="output name (default ttt_layer, or ttt_layer_vs_official)")
     p.add_argument("--kinds", nargs="+", default=["ttt_linear", "ttt_mlp"], choices=sorted(LEARNERS))
     p.add_argument("--impls", nargs="+", default=None,
-                   help="among xla, reference, xla_autodiff, official (default: xla reference, + official)")
+                   help="among xla, reference, xla_autodiff, official, xla@G (remat groups of G) "
+                        "(default: xla reference, + official)")
     p.add_argument("--remat-group", type=int, default=4, help="remat group of xla_autodiff and official")
     p.add_argument("--ttt-lm-jax", type=Path, default=None, metavar="PATH",
                    help="a ttt-lm-jax checkout: also time its inner loop on the same inputs")
