@@ -1,0 +1,107 @@
+"""allocate: the integer (N, steps) optimum against a brute-force search, the closed-form s* against a
+numerical maximiser, and the seed text's formula shown wrong."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from ttc_jax.nn.config import get_config
+from ttc_jax.scaling.allocate import AdaptationGain, adaptation_step_flops, allocate, optimal_steps, sample_flops
+
+
+def brute_force(B, c0, c1, gain, max_steps=None, fixed=0.0):
+    """Every feasible (N, s): N * (c0 + c1 s) + fixed <= B. Returns (best objective N h(s), set of argmax)."""
+    room = B - fixed
+    s_hi = int((room - c0) // c1) if max_steps is None else min(max_steps, int((room - c0) // c1))
+    best, arg = -1.0, set()
+    for s in range(s_hi + 1):
+        h = gain.h0 * (1 + s / gain.s0) ** gain.beta
+        for n in range(1, int(room // (c0 + c1 * s)) + 1):
+            if n * (c0 + c1 * s) > room:
+                continue
+            f = n * h
+            if f > best * (1 + 1e-12):
+                best, arg = f, {(n, s)}
+            elif f >= best * (1 - 1e-12):
+                arg.add((n, s))
+    return best, arg
+
+
+@pytest.mark.parametrize("case", range(60))
+def test_allocate_matches_brute_force(case):
+    rng = np.random.default_rng(case)
+    c0 = float(rng.uniform(1, 10))
+    c1 = float(c0 * 10 ** rng.uniform(-2, 0.5))
+    gain = AdaptationGain(h0=float(rng.uniform(0.01, 1)), s0=float(10 ** rng.uniform(-1, 1.5)),
+                          beta=float(rng.uniform(0.05, 0.95)))
+    B = float(c0 * rng.uniform(1, 60))
+    max_steps = None if case % 3 else int(rng.integers(0, 6))
+    fixed = 0.0 if case % 4 else float(rng.uniform(0, B - c0))
+    a = allocate(B, sample_flops=c0, step_flops=c1, gain=gain, max_steps=max_steps, fixed_flops=fixed)
+    best, arg = brute_force(B, c0, c1, gain, max_steps, fixed)
+    assert (a.n, a.steps) in arg, (a, best, arg)
+    assert a.total_flops <= B * (1 + 1e-12) and a.steps <= (max_steps if max_steps is not None else a.steps)
+    np.testing.assert_allclose(a.success, -math.expm1(-best), rtol=1e-12)
+    budget_per_sample, n = a  # the recipe's unpacking
+    assert n == a.n and budget_per_sample == c0 + c1 * a.steps
+
+
+@pytest.mark.parametrize("beta,c0,c1,s0", [(0.5, 10.0, 1.0, 1.0), (0.3, 4.0, 0.5, 2.0), (0.8, 1.0, 1.0, 5.0),
+                                           (0.2, 100.0, 1.0, 3.0)])
+def test_closed_form_steps_maximise_hazard_per_flop(beta, c0, c1, s0):
+    gain = AdaptationGain(h0=0.2, s0=s0, beta=beta)
+    r = lambda s: gain.hazard(s) / (c0 + c1 * s)
+    num = minimize_scalar(lambda s: -r(s), bounds=(0.0, 1e4), method="bounded", options={"xatol": 1e-9}).x
+    np.testing.assert_allclose(optimal_steps(c0, c1, gain), num, rtol=1e-4, atol=1e-5)
+
+
+def test_n_grows_linearly_with_the_budget_unlike_the_seed_formula():
+    gain, c0, c1 = AdaptationGain(h0=0.1, s0=1.0, beta=0.5), 10.0, 1.0
+    s_star = optimal_steps(c0, c1, gain)  # (0.5 * 10 - 1) / 0.5 = 8
+    assert s_star == pytest.approx(8.0)
+    for B in (1e3, 1e4, 1e5, 1e6):  # per-sample budget -> c(s*) = 18 FLOPs, N -> B / 18 (integer effects shrink)
+        a = allocate(B, sample_flops=c0, step_flops=c1, gain=gain)
+        assert abs(a.steps - 8) <= 2 and abs(a.n * 18 / B - 1) < 2000 / B
+    # the seed's objective N (B/N)^b = B^b N^(1-b) is monotone in N: its optimum is a corner, not B^(b/(1+b))
+    B, b = 1000.0, 0.5
+    n = np.arange(1, 1001)
+    assert np.argmax(n * (B / n) ** b) + 1 == 1000 != int(B ** (b / (1 + b)))
+
+
+def test_no_adaptation_when_it_does_not_pay():
+    gain = AdaptationGain(h0=0.1, s0=20.0, beta=0.3)  # beta c0 = 3 < c1 s0 = 20
+    a = allocate(100.0, sample_flops=10.0, step_flops=1.0, gain=gain)
+    assert optimal_steps(10.0, 1.0, gain) == 0.0 and (a.n, a.steps) == (10, 0)
+
+
+def test_flop_helpers_use_the_scaling_accounting():
+    cfg = get_config("tiny-hybrid")
+    assert adaptation_step_flops(cfg, 65) > 0 and sample_flops(cfg, 64, 16) > 0
+    assert sample_flops(cfg, 64, 16, prm_cfg=cfg) > sample_flops(cfg, 64, 16)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(total_budget=5.0), "total_budget=5.0 is below the cost of one sample"),
+    (dict(total_budget=0.0), "total_budget=0.0; expected a finite number > 0"),
+    (dict(sample_flops=-1.0), "sample_flops=-1.0"),
+    (dict(step_flops=0.0), "step_flops=0.0"),
+    (dict(max_steps=-1), "max_steps=-1"),
+    (dict(fixed_flops=-1.0), "fixed_flops=-1.0"),
+    (dict(total_budget=20.0, fixed_flops=15.0), "below the cost of one sample"),
+    (dict(gain=(0.1, 1.0, 0.5)), "gain="),
+])
+def test_bad_allocation_inputs(kwargs, match):
+    args = dict(total_budget=100.0, sample_flops=10.0, step_flops=1.0, gain=AdaptationGain(0.1, 1.0, 0.5))
+    with pytest.raises(ValueError, match=match):
+        allocate(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(beta=1.0), "beta=1.0"), (dict(beta=0.0), "beta=0.0"),
+                                          (dict(h0=-1.0), "h0=-1.0"), (dict(s0=float("nan")), "s0=nan")])
+def test_bad_gain(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdaptationGain(**{**dict(h0=0.1, s0=1.0, beta=0.5), **kwargs})

@@ -1,0 +1,151 @@
+r"""How many adapted samples, and how many adaptation steps each, for a FLOP budget (the "all three" recipe:
+adapt a copy per sample, generate, select).
+
+Model. Each of N candidates comes from a copy adapted with s steps and costs c(s) = c0 + c1 s FLOPs
+(c0: the copy's prompt prefill, decoding and PRM scoring -- the prefill is not shared, the weights differ;
+c1: one adaptation step on the prefix). A candidate is correct with probability p(s) = 1 - exp(-h(s)),
+with the hazard saturating in s:  h(s) = h0 (1 + s/s0)^beta, 0 < beta < 1 (diminishing returns).
+A selector that finds a correct candidate when there is one (pass@N; an upper bound for a PRM) succeeds
+with probability 1 - (1 - p)^N = 1 - exp(-N h(s)).  So: maximise N h(s) subject to N c(s) <= B.
+
+The seed text's closed form is wrong. It maximises N (B/N)^b = B^b N^(1-b), which has no stationary
+point in N: it increases with N for b < 1 (as many samples as possible) and decreases for b > 1 (N = 1);
+N ~ B^(b/(1+b)) solves no first-order condition of it.
+
+Solution (continuous). At the optimum the budget binds, N = B / c(s), and the objective is
+B h(s)/c(s): maximise the hazard per FLOP r(s) = h(s)/c(s), which does not depend on B.
+    d ln r / ds = beta/(s0 + s) - c1/(c0 + c1 s) = 0   =>   s* = (beta c0/c1 - s0) / (1 - beta),
+clipped to [0, max_steps] (r is unimodal in s for beta < 1). Adaptation pays (s* > 0) iff
+beta c0 > c1 s0: the first step's relative hazard gain beta/s0 beats its relative cost c1/c0. The budget
+per sample is then c* = c(s*) = (c0 - c1 s0)/(1 - beta) when interior, and N* = B / c*: N grows linearly
+in B (every extra FLOP buys more samples at the same per-sample budget), not as B^(b/(1+b)).
+
+Integers. For a given N the best s is the largest affordable, s_N = min(max_steps, floor((B/N - c0)/c1)),
+so the exact integer optimum maximises F(N) = N h(s_N) over 1 <= N <= floor(B/c0). The continuous bound
+G(N) >= F(N) (s_N without the floor) is unimodal in N with its peak at B / c(min(s*, max_steps)); `allocate`
+walks outward from that peak and stops on each side when G falls to the best F found, which is exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, Iterator
+
+from ttc_jax.scaling.flops import generation_flops, prm_flops, training_flops
+
+
+def _positive(name: str, value, *, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0 \
+            or (upper is not None and value >= upper):
+        want = "a finite number > 0" + ("" if upper is None else f" and < {upper}")
+        raise ValueError(f"{name}={value!r}; expected {want}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptationGain:
+    """Per-candidate hazard h(s) = h0 (1 + s/s0)^beta after s adaptation steps; success 1 - exp(-h)."""
+
+    h0: float
+    s0: float
+    beta: float
+
+    def __post_init__(self):
+        _positive("AdaptationGain.h0", self.h0)
+        _positive("AdaptationGain.s0", self.s0)
+        _positive("AdaptationGain.beta", self.beta, upper=1.0)
+
+    @classmethod
+    def from_success(cls, p0: float, s0: float, beta: float) -> "AdaptationGain":
+        """From the un-adapted per-sample success probability p0 in (0, 1)."""
+        _positive("p0", p0, upper=1.0)
+        return cls(-math.log1p(-p0), s0, beta)
+
+    def hazard(self, steps: float) -> float:
+        return self.h0 * (1.0 + steps / self.s0) ** self.beta
+
+    def success(self, steps: float) -> float:
+        return -math.expm1(-self.hazard(steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    """N samples, each from a copy adapted `steps` steps; unpacks as (budget_per_sample, n)."""
+
+    n: int
+    steps: int
+    budget_per_sample: float  # c0 + c1 * steps FLOPs
+    total_flops: float  # n * budget_per_sample + fixed
+    success: float  # predicted 1 - exp(-n h(steps))
+
+    def __iter__(self) -> Iterator:
+        return iter((self.budget_per_sample, self.n))
+
+
+def optimal_steps(sample_flops: float, step_flops: float, gain: AdaptationGain) -> float:
+    """The continuous optimum s* = max(0, (beta c0/c1 - s0) / (1 - beta)) (not capped)."""
+    c0, c1 = _positive("sample_flops", sample_flops), _positive("step_flops", step_flops)
+    return max(0.0, (gain.beta * c0 / c1 - gain.s0) / (1.0 - gain.beta))
+
+
+def _objective(n: int, steps: float, gain: AdaptationGain) -> float:
+    return n * gain.hazard(steps)
+
+
+def allocate(total_budget: float, *, sample_flops: float, step_flops: float, gain: AdaptationGain,
+             max_steps: int | None = None, fixed_flops: float = 0.0) -> Allocation:
+    """The integer (N, steps) maximising the predicted success 1 - exp(-N h(steps)) subject to
+    N (sample_flops + steps * step_flops) + fixed_flops <= total_budget (see the module docstring)."""
+    B = _positive("total_budget", total_budget)
+    c0, c1 = _positive("sample_flops", sample_flops), _positive("step_flops", step_flops)
+    if not isinstance(gain, AdaptationGain):
+        raise ValueError(f"gain={gain!r}; expected an AdaptationGain")
+    if isinstance(fixed_flops, bool) or not isinstance(fixed_flops, numbers.Real) or not 0 <= fixed_flops < math.inf:
+        raise ValueError(f"fixed_flops={fixed_flops!r}; expected a finite number >= 0")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral)
+                                  or max_steps < 0):
+        raise ValueError(f"max_steps={max_steps!r}; expected None or an int >= 0")
+    room = B - fixed_flops
+    if room < c0:
+        raise ValueError(f"total_budget={total_budget!r} is below the cost of one sample "
+                         f"({c0 + fixed_flops:.4g} FLOPs with fixed_flops={fixed_flops!r}); expected at least that")
+    cap = math.inf if max_steps is None else int(max_steps)
+    n_max = int(room // c0)
+
+    def steps_for(n: int) -> int:
+        return int(min(cap, math.floor((room / n - c0) / c1 + 1e-12)))
+
+    def bound(n: int) -> float:
+        return _objective(n, min(cap, (room / n - c0) / c1), gain)
+
+    peak = room / (c0 + c1 * min(optimal_steps(c0, c1, gain), cap))
+    lo = min(max(int(math.floor(peak)), 1), n_max)
+    best_n, best = lo, _objective(lo, steps_for(lo), gain)
+    for start, step in ((lo, -1), (lo + 1, 1)):
+        n = start
+        while 1 <= n <= n_max and bound(n) > best * (1 - 1e-12):
+            f = _objective(n, steps_for(n), gain)
+            if f > best or (f == best and n > best_n):
+                best_n, best = n, f
+            n += step
+    s = steps_for(best_n)
+    per = c0 + c1 * s
+    return Allocation(n=best_n, steps=s, budget_per_sample=per, total_flops=best_n * per + fixed_flops,
+                      success=-math.expm1(-best))
+
+
+def adaptation_step_flops(cfg: Any, prefix_len: int, n_sequences: int = 1) -> float:
+    """FLOPs of one full-parameter adaptation step on a prefix (forward + backward on prefix_len - 1 inputs)."""
+    if isinstance(prefix_len, bool) or not isinstance(prefix_len, numbers.Integral) or prefix_len < 2:
+        raise ValueError(f"prefix_len={prefix_len!r}; expected an int >= 2")
+    return training_flops(cfg, int(prefix_len) - 1, n_sequences).total
+
+
+def sample_flops(cfg: Any, prompt_len: int, sample_len: int, *, prm_cfg: Any = None) -> float:
+    """FLOPs of one candidate from its own adapted copy: prompt prefill (not shared), decoding, PRM scoring."""
+    cost = generation_flops(cfg, prompt_len, 1, sample_len).total
+    if prm_cfg is not None:
+        cost += prm_flops(prm_cfg, prompt_len, 1, sample_len).total
+    return float(cost)
