@@ -24,12 +24,16 @@ p.add_argument("--out", required=True)
 p.add_argument("--policy-name", default="arith-policy")
 p.add_argument("--policy-only", action="store_true")
 p.add_argument("--results", default="benchmarks/results/bon/results.json")
+p.add_argument("--steps", type=int, default=None, help="the --steps of the run's last `ttc train` invocation "
+               "(a resumed run may have changed it; default: the workdir's config)")
 p.add_argument("--policy-note", default="", help="markdown after the policy card's table (e.g. how the run was capped)")
 p.add_argument("--extra", default="", help="markdown appended to every card (e.g. the evaluation table)")
 a = p.parse_args()
 
 model, cfg, info = load_train_workdir(a.workdir)
-tr = info["train"]
+tr = dict(info["train"])
+if a.steps:
+    tr["steps"] = a.steps
 rows = [json.loads(l) for l in open(os.path.join(a.workdir, "metrics.jsonl"))]
 vals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
 tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
@@ -69,7 +73,7 @@ JSONL corpus of worked problems.
 {a.policy_note}
 
 Loss is on every byte, including the prompt's random operands (unpredictable), so it does not go to 0
-even for a perfect solver; accuracy on held-out problems is in benchmarks/results/bon/README.md.
+even for a perfect solver.
 
 ```python
 import ttc_jax
@@ -108,7 +112,7 @@ the policy's weights; {what}.
 | | |
 |---|---|
 | data | {meta['n_train_samples']} policy completions ({args['problems']} training problems x {args['samples']} samples at temperature 1, seeds >= 5000, held-out prompts excluded) mixed with a synthetic stream ({args['synthetic']:.0%} of each batch: the reference or a corrupted solution, half each) |
-| steps | {hist[-1][0] + 1} steps x batch {args['batch']} (length {args['length']}), AdamW lr {args['lr']}, warmup + cosine ({meta['train_seconds'] / 60:.1f} min on the shared CPU, sampling included) |
+| steps | {hist[-1][0] + 1} steps x batch {args['batch']} (length {args['length']}), AdamW lr {args['lr']}, warmup + cosine over {args['steps']} steps{'' if hist[-1][0] + 1 >= args['steps'] else f", stopped at step {hist[-1][0] + 1} by the {args['minutes']:g}-minute cap"} ({meta['train_seconds'] / 60:.1f} min on the shared CPU, sampling included) |
 | final training BCE | {hist[-1][1]:.4f} (EMA) |
 {hs}
 
