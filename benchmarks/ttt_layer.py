@@ -210,9 +210,26 @@ def plot(rows, path):
     kinds = sorted({r["learner"] for r in rows})
     modes = sorted({r["mode"] for r in rows})
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
+    if len({r["T"] for r in rows}) == 1:  # one length: bars of tokens/s per impl and mode
+        impls = list(dict.fromkeys(r["impl"] for r in rows))
+        for ax, kind in zip(axes[0], kinds):
+            for j, mode in enumerate(modes):
+                tps = {r["impl"]: r.get("tokens_per_s", 0.0) for r in rows if r["learner"] == kind and r["mode"] == mode}
+                xs = [i + 0.4 * j for i in range(len(impls))]
+                ax.bar(xs, [tps.get(i, 0.0) for i in impls], width=0.4, label=mode)
+            ax.set_xticks([i + 0.2 for i in range(len(impls))], impls, rotation=20, fontsize=8)
+            ax.set(ylabel="tokens/s", title=f"{kind}, T={rows[0]['T']}")
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     for ax, kind in zip(axes[0], kinds):
         for mode in modes:
-            for impl, style in (("xla", "-o"), ("reference", "--s"), ("xla_autodiff", ":^"), ("official", "-.d")):
+            styles = {"xla": "-o", "reference": "--s", "xla_autodiff": ":^", "official": "-.d"}
+            for impl in sorted({r["impl"] for r in rows}, key=lambda i: (i not in styles, i)):
+                style = styles.get(impl, "-x")
                 pts = sorted((r["T"], r["tokens_per_s"]) for r in rows if "tokens_per_s" in r
                              and r["learner"] == kind and r["mode"] == mode and r["impl"] == impl)
                 if pts:
