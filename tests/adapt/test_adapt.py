@@ -78,6 +78,24 @@ def _check_scope(model, result, in_scope):
     assert moved > 0
 
 
+def test_vmapped_copies_equal_a_loop(tiny, prefix):
+    """Per-copy step counts (masked) and learning rates; the single calls reuse the steps=1 compilation."""
+    steps, lrs = np.array([1, 0, 1]), np.array([0.05, 0.1, 0.02], np.float32)
+    many = ttt_adapt_many(tiny, prefix, n=3, steps=steps, lr=lrs, key=jax.random.key(0))
+    assert many.losses.shape == (3, 2) and many.n_copies == 3
+    for i in range(3):
+        one = ttt_adapt(tiny, prefix, steps=int(steps[i]), lr=float(lrs[i]))
+        a, b = flat_params(one.params), flat_params(jax.tree.map(lambda x: x[i], many.params))
+        for p in a:
+            np.testing.assert_allclose(b[p], a[p], rtol=1e-5, atol=1e-7, err_msg=str(p))
+        np.testing.assert_allclose(np.asarray(many.losses[i, :steps[i] + 1]), np.asarray(one.losses), rtol=1e-6)
+        assert int(many.steps_done[i]) == steps[i]
+    assert np.isnan(float(many.losses[1, 1]))  # copy 1 ran no step
+    assert not np.allclose(flat_params(many.params)[("embed", "embedding")][0],
+                           flat_params(many.params)[("embed", "embedding")][2])
+
+
+@pytest.mark.slow
 def test_last_k_on_stacked_layers_and_vmap_equals_a_loop(tiny, prefix):
     """last_k=1 adapts row 1 of the stacked [2, ...] block parameters only; copies with their own keys
     (random crops), step counts (masked) and learning rates equal single calls."""
@@ -152,3 +170,36 @@ def test_carry_over_equals_one_longer_call(tiny, prefix):
     np.testing.assert_allclose(float(second.final_drift), float(two.final_drift), rtol=1e-5)
     reset = ttt_adapt(tiny, prefix, steps=1, lr=0.05, optimizer="adam")
     np.testing.assert_allclose(float(reset.losses[1]), float(first.losses[1]), rtol=1e-6)
+
+
+def test_bad_inputs_raise_one_line_value_errors(tiny, prefix):
+    cases = [
+        (dict(steps=-1), r"steps=-1; expected an int >= 0"),
+        (dict(steps=1.5), r"steps=1.5"),
+        (dict(lr=0.0), r"lr=0.0; expected a finite float > 0"),
+        (dict(lr=-1e-3), r"lr=-0.001"),
+        (dict(lr=float("nan")), r"lr=nan"),
+        (dict(scope="bias"), r"scope='bias'; expected one of"),
+        (dict(prefix=prefix[:, :1]), r"prefix has 1 token\(s\); expected at least 2"),
+        (dict(prefix=prefix.at[0, 3].set(48)), r"prefix contains token id 48; expected ids in \[0, 48\)"),
+        (dict(prefix=prefix.at[1, 0].set(-2)), r"prefix contains token id -2"),
+        (dict(prefix=prefix.astype(jnp.float32)), r"prefix has shape \(2, 13\) and dtype float32"),
+        (dict(optimizer="lbfgs"), r"optimizer='lbfgs'; expected one of"),
+        (dict(scope="last_k", last_k=3), r"last_k=3; expected an int in \[1, 2\]"),
+        (dict(scope="lora", lora_rank=0), r"lora_rank=0"),
+        (dict(window=13), r"window=13; expected an int in \[1, 12\]"),
+        (dict(order="shuffled"), r"order='shuffled'"),
+        (dict(mask=np.ones((2, 12))), r"mask has shape \(2, 12\)"),
+        (dict(state={"w": 1}), r"state is a dict; expected None"),
+    ]
+    for kwargs, match in cases:
+        args = {**dict(prefix=prefix, steps=1, lr=0.1), **kwargs}
+        with pytest.raises(ValueError, match=match) as err:
+            ttt_adapt(tiny, args.pop("prefix"), **args)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"steps=\[1, -1\]"):
+        ttt_adapt_many(tiny, prefix, n=2, steps=[1, -1], lr=0.1)
+    with pytest.raises(ValueError, match=r"n=0; expected an int >= 1"):
+        ttt_adapt_many(tiny, prefix, n=0, steps=1, lr=0.1)
+    with pytest.raises(ValueError, match=r"lr=\[0.1, 0.0\]"):
+        ttt_adapt_many(tiny, prefix, n=2, steps=1, lr=[0.1, 0.0])
