@@ -103,13 +103,6 @@ def q_path(ws, q, xs, ps, s, g, b, eps):
     return q + x_hat * g + b, (tuple(ys), tuple(attns), tuple(zqs), x_hat, r)
 
 
-def step(ws, q, k, v, lr, s, g, b, eps):
-    """(weights after the mini-batch, z) for one full mini-batch."""
-    xs, _, _, ps = k_path(ws, k, v, lr, g, b, eps)
-    z, _ = q_path(ws, q, xs, ps, s, g, b, eps)
-    return update(ws, xs, ps, s[-1]), z
-
-
 def q_backward(ws, xs, ps, q, s, g, b, eps, dz):
     """The q-path's share of the cotangents (independent of later mini-batches).
 
