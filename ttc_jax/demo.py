@@ -104,7 +104,7 @@ def code_completion(lm_name: str, *, prompt_bytes: int, new_tokens: int, seed: i
     _, stats = model(prompt, return_ttt_stats=True)
     # [layers, mini-batches]: the loss of each mini-batch's tokens at the fast weights before its update
     inner = np.stack([np.asarray(st["loss_before"][0]).mean(0) for st in stats.values()])
-    out = generate(model, prompt, new_tokens, rng=jax.random.key(seed), temperature=0.6, top_p=0.95)
+    out = generate(model, prompt, new_tokens, rng=jax.random.key(seed), temperature=0.8, top_p=0.95)
     completion = tok.decode([int(t) for t in np.asarray(out[0])])
     return {"model": lm_name, "file": name, "prompt": tok.decode(ids), "completion": completion,
             "mini_batch_size": cfg.mini_batch_size, "ttt_layers": [int(i) for i in stats],
@@ -192,7 +192,7 @@ def run_pretrained_demo(*, policy: str = DEFAULT_POLICY, prm: str = DEFAULT_PRM,
     print(f"\nCode completion by {lm} on {code['file']} (held out of its training split):")
     print("--- prompt (last 240 bytes) ---")
     print(code["prompt"][-240:])
-    print("--- completion (sampled, temperature 0.6) ---")
+    print("--- completion (sampled: temperature 0.8, top-p 0.95) ---")
     print(code["completion"])
     print("---")
     inner = np.asarray(code["inner_loss_before"])
