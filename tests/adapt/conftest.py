@@ -30,3 +30,9 @@ def hybrid():
 @pytest.fixture(scope="session")
 def prefix():
     return jax.random.randint(jax.random.key(7), (2, 13), 0, 48)
+
+
+@pytest.fixture(scope="session")
+def forward():
+    """Logits of a model, compiled once per model structure (adapted copies share the original's)."""
+    return nnx.jit(lambda model, tokens: model(tokens))

@@ -25,9 +25,9 @@ def _changed(before: dict, after: dict) -> dict:
     return out
 
 
-def test_zero_steps_returns_the_original_outputs_exactly(tiny, prefix):
+def test_zero_steps_returns_the_original_outputs_exactly(tiny, prefix, forward):
     r = ttt_adapt(tiny, prefix, steps=0, lr=0.1)
-    np.testing.assert_array_equal(np.asarray(r.model(prefix)), np.asarray(tiny(prefix)))
+    np.testing.assert_array_equal(np.asarray(forward(r.model, prefix)), np.asarray(forward(tiny, prefix)))
     assert int(r.steps_done) == 0 and not bool(r.rolled_back) and r.losses.shape == (1,)
     np.testing.assert_allclose(float(r.losses[0]), float(mean_next_token_loss(tiny, prefix)), rtol=1e-6)
 
@@ -53,12 +53,12 @@ def test_one_step_equals_a_hand_computed_sgd_step(tiny, prefix):
         np.testing.assert_array_equal(a, before[p])
 
 
-def test_diverging_update_rolls_back_and_reports(tiny, prefix):
+def test_diverging_update_rolls_back_and_reports(tiny, prefix, forward):
     before = flat_params(tiny)
     r = ttt_adapt(tiny, prefix, steps=1, lr=1e30)
     assert bool(r.rolled_back) and int(r.rollback_step) == 1 and int(r.steps_done) == 0
     assert not np.isfinite(float(r.losses[1]))  # the loss of the discarded weights that triggered it
-    np.testing.assert_array_equal(np.asarray(r.model(prefix)), np.asarray(tiny(prefix)))
+    np.testing.assert_array_equal(np.asarray(forward(r.model, prefix)), np.asarray(forward(tiny, prefix)))
     for p, a in flat_params(tiny).items():
         np.testing.assert_array_equal(a, before[p])
         np.testing.assert_array_equal(flat_params(r.params)[p], a)
@@ -199,6 +199,8 @@ def test_bad_inputs_raise_one_line_value_errors(tiny, prefix):
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"steps=\[1, -1\]"):
         ttt_adapt_many(tiny, prefix, n=2, steps=[1, -1], lr=0.1)
+    with pytest.raises(ValueError, match=r"model is a Linear; expected a ttc_jax.nn.HybridLM"):
+        ttt_adapt(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), prefix, steps=1, lr=0.1)
     with pytest.raises(ValueError, match=r"n=0; expected an int >= 1"):
         ttt_adapt_many(tiny, prefix, n=0, steps=1, lr=0.1)
     with pytest.raises(ValueError, match=r"lr=\[0.1, 0.0\]"):

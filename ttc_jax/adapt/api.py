@@ -22,6 +22,7 @@ from ttc_jax.adapt import lora as L
 from ttc_jax.adapt import scopes as S
 from ttc_jax.adapt.loop import adapt_loop, next_token_loss
 from ttc_jax.adapt.params import Layout, block_layers, split_model
+from ttc_jax.nn.model import HybridLM
 from ttc_jax.ttt.tracing import is_traced
 
 OPTIMIZERS = ("sgd", "adam")
@@ -259,6 +260,8 @@ def _check_state(state, plan, tx, flat, n=None):
 
 def _prepare(model, prefix, *, steps, lr, scope, optimizer, state, key, mask, window, order, last_k, lora_rank,
              lora_alpha, lora_targets, n=None):
+    if not isinstance(model, HybridLM):
+        raise ValueError(f"model is a {type(model).__name__}; expected a ttc_jax.nn.HybridLM")
     if n is not None:
         n = _check_int("n", n, 1)
     n_steps = _check_steps(steps, n)
