@@ -10,7 +10,9 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from ttc_jax.nn.config import get_config
-from ttc_jax.scaling.allocate import AdaptationGain, adaptation_step_flops, allocate, optimal_steps, sample_flops
+from ttc_jax.scaling.allocate import (AdaptationGain, adaptation_step_flops, allocate, optimal_steps, sample_flops,
+                                      ttt_adapt_flops)
+from ttc_jax.scaling.flops import forward_flops, training_flops
 
 
 def brute_force(B, c0, c1, gain, max_steps=None, fixed=0.0):
@@ -82,6 +84,13 @@ def test_flop_helpers_use_the_scaling_accounting():
     cfg = get_config("tiny-hybrid")
     assert adaptation_step_flops(cfg, 65) > 0 and sample_flops(cfg, 64, 16) > 0
     assert sample_flops(cfg, 64, 16, prm_cfg=cfg) > sample_flops(cfg, 64, 16)
+    step = training_flops(cfg, 64).total  # the model runs on prefix[:, :-1]
+    assert adaptation_step_flops(cfg, 65) == step
+    assert ttt_adapt_flops(cfg, 65, 3) == 3 * step + forward_flops(cfg, 64, keep_state=False).total
+    with pytest.raises(ValueError, match="prefix_len=1; expected an int >= 2"):
+        adaptation_step_flops(cfg, 1)
+    with pytest.raises(ValueError, match="steps=-1"):
+        ttt_adapt_flops(cfg, 65, -1)
 
 
 @pytest.mark.parametrize("kwargs,match", [

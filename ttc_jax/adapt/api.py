@@ -105,7 +105,8 @@ class AdaptResult:
 
 
 def _check_int(name, value, lo, hi=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo or (hi is not None and value > hi):
+    bad = isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    if bad or value < lo or (hi is not None and value > hi):
         span = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ValueError(f"{name}={value!r}; expected an int {span}")
     return int(value)

@@ -33,7 +33,7 @@ import math
 import numbers
 from typing import Any, Iterator
 
-from ttc_jax.scaling.flops import generation_flops, prm_flops, training_flops
+from ttc_jax.scaling.flops import forward_flops, generation_flops, prm_flops, training_flops
 
 
 def _positive(name: str, value, *, upper: float | None = None) -> float:
@@ -141,6 +141,18 @@ def adaptation_step_flops(cfg: Any, prefix_len: int, n_sequences: int = 1) -> fl
     if isinstance(prefix_len, bool) or not isinstance(prefix_len, numbers.Integral) or prefix_len < 2:
         raise ValueError(f"prefix_len={prefix_len!r}; expected an int >= 2")
     return training_flops(cfg, int(prefix_len) - 1, n_sequences).total
+
+
+def ttt_adapt_flops(cfg: Any, prefix_len: int, steps: int, n_sequences: int = 1) -> float:
+    """FLOPs of one `ttc_jax.adapt.ttt_adapt(scope="all")` call on prefix_len tokens per step (window + 1 with
+    a window): `steps` adaptation steps plus the final
+    check's forward on the prefix (LoRA merges and the guard's elementwise work are not counted; other
+    scopes skip some weight gradients, so this is an upper bound for them)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps={steps!r}; expected an int >= 0")
+    step = adaptation_step_flops(cfg, prefix_len, n_sequences)  # validates prefix_len
+    check = forward_flops(cfg, int(prefix_len) - 1, keep_state=False).total * n_sequences
+    return int(steps) * step + check
 
 
 def sample_flops(cfg: Any, prompt_len: int, sample_len: int, *, prm_cfg: Any = None) -> float:
