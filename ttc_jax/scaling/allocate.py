@@ -144,10 +144,9 @@ def adaptation_step_flops(cfg: Any, prefix_len: int, n_sequences: int = 1) -> fl
 
 
 def ttt_adapt_flops(cfg: Any, prefix_len: int, steps: int, n_sequences: int = 1) -> float:
-    """FLOPs of one `ttc_jax.adapt.ttt_adapt(scope="all")` call on prefix_len tokens per step (window + 1 with
-    a window): `steps` adaptation steps plus the final
-    check's forward on the prefix (LoRA merges and the guard's elementwise work are not counted; other
-    scopes skip some weight gradients, so this is an upper bound for them)."""
+    """FLOPs of one `ttc_jax.adapt.ttt_adapt(scope="all")` call with prefix_len tokens per step (window + 1
+    with a window): `steps` adaptation steps plus the final check's forward. LoRA merges and the guard's
+    elementwise work are not counted; scopes that skip weight gradients cost somewhat less."""
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps={steps!r}; expected an int >= 0")
     step = adaptation_step_flops(cfg, prefix_len, n_sequences)  # validates prefix_len
