@@ -7,7 +7,7 @@ import json
 import sys
 
 r = json.load(open(sys.argv[1]))
-ns = [1, 4, 16, 64]
+ns = sorted({int(n) for d in r["levels"].values() for k, v in d["accuracy"].items() if k not in ("beam_search", "dvts") for n in v})
 pool = ["majority", "weighted_best_of_n_prm", "best_of_n_prm_last", "best_of_n_prm_min", "best_of_n_prm_prod",
         "best_of_n_orm", "oracle"]
 short = {"majority": "majority", "weighted_best_of_n_prm": "weighted BoN (PRM)", "best_of_n_prm_last": "BoN PRM last",
