@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from ttc_jax.cli import main
 
 
+@pytest.mark.slow  # default-run budget (37 s): `ttc demo --random`; the shipped-model demo runs by default
 def test_demo_runs_and_decoding_matches_full_pass(tmp_path, capsys):
     out = tmp_path / "demo.json"
     assert main(["demo", "--random", "--batch", "2", "--seq-len", "32", "--new-tokens", "8", "--json", str(out)]) == 0

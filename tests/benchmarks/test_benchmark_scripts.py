@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -14,6 +16,7 @@ def load(name):
     return mod
 
 
+@pytest.mark.slow  # default-run budget (37 s); make test-all runs the benchmark scripts' quick modes
 def test_ttt_layer_benchmark_quick(tmp_path):
     result = load("ttt_layer").main(["--quick", "--out", str(tmp_path)])
     saved = json.loads(next(tmp_path.glob("ttt_layer_*.json")).read_text())

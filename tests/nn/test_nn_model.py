@@ -43,8 +43,12 @@ DECODE_CASES = {
 }
 
 
-# hybrid-unscanned is the slowest case (about 30 s); hybrid covers the same layers scanned
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "hybrid-unscanned" else c
+# default-run budget: hybrid covers TTT-Linear, TTT-MLP (Mamba backbone) and attention together, so the
+# unscanned hybrid and the TTT-MLP-only cases run with the slow set (make test-all)
+SLOW_DECODE = ("hybrid-unscanned", "ttt-mlp-mamba", "ttt-mlp-transformer")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_DECODE else c
                                   for c in sorted(DECODE_CASES)])
 def test_decode_token_by_token_equals_full_pass(case):
     """Prefill a prefix (K=8: mid mini-batch), an eager multi-token chunk, then one jitted step per token."""
@@ -65,6 +69,7 @@ def test_decode_token_by_token_equals_full_pass(case):
         assert int(cache["pos"]) == tokens.shape[1]
 
 
+@pytest.mark.slow  # default-run budget (37 s); decode[hybrid] and every model test run the scanned layers
 def test_scanned_layers_equal_unscanned():
     cfg = get_config("tiny-hybrid", n_layers=8)
     scanned = HybridLM(cfg, rngs=nnx.Rngs(2))
@@ -80,6 +85,7 @@ def test_scanned_layers_equal_unscanned():
     np.testing.assert_allclose(plain(tokens), scanned(tokens), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # default-run budget (81 s); training tests take gradients of the scanned model by default
 def test_training_gradients_finite_and_remat_layers_identical():
     cfg = get_config("tiny-hybrid")
     tokens = tokens_for(cfg, T=20)

@@ -57,6 +57,7 @@ def test_jitted_decode_with_traced_state_equals_whole(kind):
         np.testing.assert_allclose(state.acc[n], s_whole.acc[n], rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.slow  # default-run budget (44 s); test_ttt_fused checks groups of several sizes against autodiff
 def test_remat_groups_same_values_and_grads():
     args = random_inputs("ttt_mlp", B=1, T=3 * 16 + 3, seed=5)
     loss = lambda g: lambda q, w: ttt_mlp(q, *args[1:5], w, *args[6:], remat_group=g)[0].sum()
