@@ -54,8 +54,7 @@ def best_of_n(policy_name: str, prm_name: str, *, levels: list[str], problems: i
     results = {"format": FORMAT, "task": "arithmetic", "ns": ns, "strategies": list(STRATEGIES),
                "policy": policy_name, "prm": prm_name, "seed": seed, "levels": {}}
     for lv in levels:
-        # held-out: `ttc best-of-n` and the training streams use the same seed convention
-        qs = A.sample_problems(seed * 100 + list(A.LEVELS).index(lv), lv, problems)
+        qs = A.heldout_problems(lv, problems, seed)
         results["levels"][lv] = evaluate_level(policy, prm, None, qs, ns=ns, strategies=STRATEGIES, rng=rng,
                                                progress=lambda s, lv=lv: progress(f"{lv}: {s}"))
     return results

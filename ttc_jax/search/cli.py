@@ -124,8 +124,7 @@ def run(args) -> int:
                "policy": args.policy, "prm": args.prm, "orm": args.orm, "levels": {}}
     t0 = time.time()
     for i, lv in enumerate(levels):
-        # held-out problems: seeds below 1000 (training streams use seeds >= 1000), one per level name
-        problems = A.sample_problems(args.seed * 100 + list(A.LEVELS).index(lv), lv, args.problems)
+        problems = A.heldout_problems(lv, args.problems, args.seed)
         results["levels"][lv] = evaluate_level(
             policy, prm, orm, problems, ns=ns, strategies=strategies, search_ns=search_ns, m=args.width,
             search_problems=args.search_problems, rng=rng,

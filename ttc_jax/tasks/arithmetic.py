@@ -271,9 +271,14 @@ def lm_batch(texts: Sequence[tuple[str, str]], length: int, rng: np.random.Gener
 
 # --- a text corpus for `ttc train` -----------------------------------------------
 
+def heldout_problems(level: str, n: int, seed: int = 0) -> list[Problem]:
+    """The first `n` held-out problems of `level` (seeds below 1000; training streams use seeds >= 1000)."""
+    return sample_problems(seed * 100 + list(LEVELS).index(level), level, n)
+
+
 def heldout_prompts(n: int, seed: int = 0) -> set[str]:
     """Prompts of the first `n` held-out problems per level (as `ttc best-of-n --seed` draws them)."""
-    return {q.prompt for i, lv in enumerate(LEVELS) for q in sample_problems(seed * 100 + i, lv, n)}
+    return {q.prompt for lv in LEVELS for q in heldout_problems(lv, n, seed)}
 
 
 def corpus_texts(n: int, seed: int, weights: dict[str, float], *, exclude: set[str] = frozenset(),
