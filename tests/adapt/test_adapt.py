@@ -1,5 +1,5 @@
 """ttt_adapt: zero steps, one SGD step against jax.grad, scopes leave the rest bit-identical, the NaN
-guard, vmapped copies equal a loop, carry-over. Tiny shapes; every distinct compilation is counted."""
+guard, vmapped copies equal a loop, sampling from copies equals a loop of `sample`, carry-over. Tiny shapes; every distinct compilation is counted."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from adapt_oracles import flat_params, layer_of, mean_next_token_loss
-from ttc_jax.adapt import copy_keys, ttt_adapt, ttt_adapt_many
+from ttc_jax.adapt import copy_keys, sample_adapted, ttt_adapt, ttt_adapt_many
+from ttc_jax.generate import sample
 
 
 def _changed(before: dict, after: dict) -> dict:
@@ -78,10 +79,18 @@ def _check_scope(model, result, in_scope):
     assert moved > 0
 
 
-def test_vmapped_copies_equal_a_loop(tiny, prefix):
-    """Per-copy step counts (masked) and learning rates; the single calls reuse the steps=1 compilation."""
-    steps, lrs = np.array([1, 0, 1]), np.array([0.05, 0.1, 0.02], np.float32)
-    many = ttt_adapt_many(tiny, prefix, n=3, steps=steps, lr=lrs, key=jax.random.key(0))
+STEPS3, LRS3 = np.array([1, 0, 1]), np.array([0.05, 0.1, 0.02], np.float32)
+
+
+@pytest.fixture(scope="module")
+def many3(tiny, prefix):
+    """Three copies with per-copy step counts (masked) and learning rates."""
+    return ttt_adapt_many(tiny, prefix, n=3, steps=STEPS3, lr=LRS3, key=jax.random.key(0))
+
+
+def test_vmapped_copies_equal_a_loop(tiny, prefix, many3):
+    """The single calls reuse the steps=1 compilation."""
+    steps, lrs, many = STEPS3, LRS3, many3
     assert many.losses.shape == (3, 2) and many.n_copies == 3
     for i in range(3):
         one = ttt_adapt(tiny, prefix, steps=int(steps[i]), lr=float(lrs[i]))
@@ -93,6 +102,44 @@ def test_vmapped_copies_equal_a_loop(tiny, prefix):
     assert np.isnan(float(many.losses[1, 1]))  # copy 1 ran no step
     assert not np.allclose(flat_params(many.params)[("embed", "embedding")][0],
                            flat_params(many.params)[("embed", "embedding")][2])
+
+
+def test_vmapped_copies_sample_like_a_loop_of_sample(many3):
+    # ragged prompts: the held tails of the prefill run inside the vmap too
+    prompts = [[3, 7, 11, 2, 9], [5, 1, 4]]
+    rng = jax.random.key(11)
+    s = sample_adapted(many3, prompts, n_per_copy=2, max_new_tokens=6, rng=rng, temperature=1.0,
+                       stop_tokens=(0,))
+    assert s.tokens.shape == (2, 6, 6)
+    for i, k in enumerate(copy_keys(rng, 3)):
+        ref = sample(many3.copy(i), prompts, n=2, max_new_tokens=6, rng=k, stop_tokens=(0,), mesh=None)
+        for name in ("tokens", "lengths", "finished"):
+            np.testing.assert_array_equal(np.asarray(getattr(s, name))[:, 2 * i:2 * i + 2],
+                                          np.asarray(getattr(ref, name)), err_msg=f"copy {i} {name}")
+        np.testing.assert_allclose(np.asarray(s.logprobs)[:, 2 * i:2 * i + 2], np.asarray(ref.logprobs),
+                                   atol=1e-5, err_msg=f"copy {i}")
+    # the copies' samples differ (adapted weights and keys both differ)
+    assert len({np.asarray(s.tokens)[0, j].tobytes() for j in range(6)}) > 1
+
+
+def test_sample_adapted_bad_input(tiny, many3):
+    rng = jax.random.key(2)
+    with pytest.raises(ValueError, match="result is a HybridLM"):
+        sample_adapted(tiny, [[1, 2]], max_new_tokens=2, rng=rng)
+    with pytest.raises(ValueError, match="n_per_copy=0"):
+        sample_adapted(many3, [[1, 2]], max_new_tokens=2, rng=rng, n_per_copy=0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        sample_adapted(many3, [[1, 99]], max_new_tokens=2, rng=rng)
+
+
+@pytest.mark.slow
+def test_sample_adapted_one_copy_result(hybrid, prefix):
+    one = ttt_adapt(hybrid, prefix, steps=1, lr=0.3)
+    rng = jax.random.key(2)
+    s = sample_adapted(one, [[1, 2, 3, 4]], max_new_tokens=3, rng=rng, temperature=0.0)
+    ref = sample(one.model, [[1, 2, 3, 4]], n=1, max_new_tokens=3, rng=copy_keys(rng, 1)[0], temperature=0.0,
+                 mesh=None)
+    np.testing.assert_array_equal(np.asarray(s.tokens), np.asarray(ref.tokens))
 
 
 @pytest.mark.slow
