@@ -203,10 +203,12 @@ class StepExample:
     prompt: str
     steps: tuple[str, ...]
     labels: tuple[float, ...]
+    outcome: float | None = None  # final-answer correctness (an ORM's label); None: unknown
 
 
 def load_step_jsonl(path: str) -> list[StepExample]:
-    """Lines of {"prompt": str, "steps": [str, ...], "labels": [0/1 or a float in [0, 1], ...]}."""
+    """Lines of {"prompt": str, "steps": [str, ...], "labels": [0/1 or a float in [0, 1], ...]} and an
+    optional "outcome" (final-answer correctness, 0/1 or a float in [0, 1])."""
     out = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -234,14 +236,24 @@ def load_step_jsonl(path: str) -> list[StepExample]:
                 labs.append(float(v))
             if any("\n" in s for s in steps):
                 raise ValueError(f"{path}:{lineno}: a step contains the separator '\\n'")
-            out.append(StepExample(d["prompt"], tuple(steps), tuple(labs)))
+            outcome = d.get("outcome")
+            if outcome is not None:
+                if isinstance(outcome, bool):
+                    outcome = float(outcome)
+                if not isinstance(outcome, (int, float)) or not 0.0 <= float(outcome) <= 1.0:
+                    raise ValueError(f"{path}:{lineno}: outcome {outcome!r}; expected a number in [0, 1]")
+                outcome = float(outcome)
+            out.append(StepExample(d["prompt"], tuple(steps), tuple(labs), outcome))
     return out
 
 
 def save_step_jsonl(path: str, examples: Iterable[StepExample]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for e in examples:
-            f.write(json.dumps({"prompt": e.prompt, "steps": list(e.steps), "labels": list(e.labels)}) + "\n")
+            d = {"prompt": e.prompt, "steps": list(e.steps), "labels": list(e.labels)}
+            if e.outcome is not None:
+                d["outcome"] = e.outcome
+            f.write(json.dumps(d) + "\n")
 
 
 # --- arrays for training --------------------------------------------------------

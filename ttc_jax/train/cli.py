@@ -17,8 +17,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", required=True, metavar="DIR")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the preset's)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--objective", default=None, metavar="lm|prm|orm",
+                   help="lm: next-token loss (default); prm / orm: a reward model (sigmoid value head) trained "
+                        "with BCE on step-labelled JSONL (--data), validated by BCE and AUROC")
+    p.add_argument("--data", default=None, metavar="JSONL", help="prm/orm: step-labelled training data "
+                   "({prompt, steps, labels[, outcome]} per line); the set key step_data")
+    p.add_argument("--val-data", default=None, metavar="JSONL",
+                   help="prm/orm: validation data (default: val_fraction of --data's prompts)")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (a name such as arith-policy, or a folder); its "
+                        "architecture must match --config")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+
+    x = sub.add_parser("export", help="a `ttc train` workdir as a checkpoint folder with a model card",
+                       description="Write WORKDIR's latest (or --step) checkpoint to DST as a from_pretrained "
+                                   "folder (a reward model: load_reward_pretrained), with a model card giving the "
+                                   "data, steps, validation metrics, tokens/s and the ttc train command(s) that "
+                                   "produced it.")
+    x.add_argument("workdir")
+    x.add_argument("dst")
+    x.add_argument("--step", type=int, default=None)
+    x.add_argument("--name", default=None, help="the model's name in the card (default: DST's folder name)")
+    x.add_argument("--note", default="", help="markdown (or a file of it) added to the card")
+    x.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    x.set_defaults(func=_export)
 
     e = sub.add_parser("eval", help="validation loss, perplexity and loss by position of a checkpoint")
     e.add_argument("--workdir", metavar="DIR", help="a training workdir (its latest checkpoint)")
@@ -33,17 +56,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_eval)
 
 
+def _flag_overrides(args) -> list[str]:
+    """--objective/--data/--val-data/--init as --set items (TrainConfig fields; paths made absolute)."""
+    out = []
+    if args.objective is not None:
+        out.append(f"objective={args.objective}")
+    for flag, key in (("data", "step_data"), ("val_data", "val_data")):
+        if getattr(args, flag) is not None:
+            out.append(f"{key}={os.path.abspath(getattr(args, flag))}")
+    if args.init is not None:
+        out.append(f"init={args.init}")
+    return out
+
+
+def train_command(args) -> str:
+    """The `ttc train` command line of these parsed arguments (paths as given)."""
+    import shlex
+    parts = ["ttc", "train", "--config", args.config, "--workdir", args.workdir]
+    if args.steps is not None:
+        parts += ["--steps", str(args.steps)]
+    for flag in ("objective", "data", "val_data", "init"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    if args.no_progress:
+        parts.append("--no-progress")
+    if args.overrides:
+        parts += ["--set", *args.overrides]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _train(args) -> int:
+    import time
+
     from ttc_jax.train.trainer import train
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps={args.steps}; expected a positive int")
-    s = train(args.config, args.workdir, steps=args.steps, overrides=args.overrides, progress=not args.no_progress)
+    t0 = time.time()
+    s = train(args.config, args.workdir, steps=args.steps, overrides=args.overrides + _flag_overrides(args),
+              progress=not args.no_progress)
+    with open(os.path.join(s["workdir"], "invocations.jsonl"), "a") as f:  # for the model card (ttc export)
+        f.write(json.dumps({"command": train_command(args), "workdir": args.workdir,
+                            "start_step": s["start_step"], "step": s["step"], "stopped": s.get("stopped"),
+                            "wall_s": round(time.time() - t0, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                + "\n")
     msg = f"step {s['step']}"
-    if s.get("val_loss") is not None:
+    if s.get("val_auroc") is not None or (s.get("val_loss") is not None and s.get("val_ppl") is None):
+        msg += f": val_bce {s['val_loss']:.4f} val_auroc {s.get('val_auroc')}"
+    elif s.get("val_loss") is not None:
         msg += f": val_loss {s['val_loss']:.4f} ppl {s['val_ppl']:.2f}"
     if s.get("stopped"):
         msg += f" (stopped by {s['stopped']}; checkpoint saved, re-run the same command to resume)"
     print(msg)
+    return 0
+
+
+def _export(args) -> int:
+    from ttc_jax.train.export import export_workdir
+    note = open(args.note).read() if args.note and os.path.isfile(args.note) else args.note
+    out = export_workdir(args.workdir, args.dst, step=args.step, name=args.name, note=note, overwrite=args.overwrite)
+    print(f"wrote {out}")
     return 0
 
 

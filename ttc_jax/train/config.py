@@ -76,6 +76,16 @@ class TrainConfig:
     ttt_stats: bool = True  # per TTT layer inner loss before/after in the metrics
     mesh: MeshShape = MeshShape()
     seed: int = 0
+    # objective: "lm" (next-token loss on data_dir) or a reward model on step-labelled JSONL
+    # (`ttc_jax.tasks.arithmetic.load_step_jsonl`): "prm" (BCE at every step separator) or "orm" (BCE on
+    # final correctness at the last token); see `ttc_jax.train.reward`
+    objective: str = "lm"
+    init: str | None = None  # a checkpoint name or folder whose weights start the run (a reward model's backbone)
+    step_data: str | None = None  # prm/orm: the training JSONL
+    val_data: str | None = None  # prm/orm: the validation JSONL (None: val_fraction of step_data's prompts)
+    val_fraction: float = 0.1
+    synthetic: float = 0.0  # prm/orm: fraction of each batch from the reference / corrupted arithmetic stream
+    max_left_pad: int = 16  # prm/orm: extra random left padding of training rows (0 .. max_left_pad)
 
     def __post_init__(self):
         if isinstance(self.mesh, dict):
@@ -95,6 +105,14 @@ class TrainConfig:
             raise ValueError("TrainConfig.weight_decay, init_lr, end_lr and warmup_steps must be >= 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"TrainConfig.dtype={self.dtype!r}; expected 'float32' or 'bfloat16'")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective={self.objective!r}; expected one of {list(OBJECTIVES)}")
+        if self.objective != "lm" and not self.step_data:
+            raise ValueError(f"objective={self.objective!r} needs step_data (--data): a step-labelled JSONL file")
+        if not 0.0 <= self.synthetic <= 1.0 or not 0.0 < self.val_fraction < 1.0 or self.max_left_pad < 0:
+            raise ValueError(f"synthetic={self.synthetic!r}, val_fraction={self.val_fraction!r}, max_left_pad="
+                             f"{self.max_left_pad!r}; expected 0 <= synthetic <= 1, 0 < val_fraction < 1, "
+                             "max_left_pad >= 0")
 
     @property
     def micro_batch_size(self) -> int:
@@ -107,6 +125,8 @@ class TrainConfig:
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **kw)
 
+
+OBJECTIVES = ("lm", "prm", "orm")
 
 # Fields that may change between invocations on the same workdir without making it another run.
 RESUMABLE_FIELDS = ("steps", "eval_every", "eval_batches", "save_every", "keep", "log_every", "ttt_stats", "mesh")
@@ -121,13 +141,25 @@ _SIZE_DEFAULTS = {
 }
 
 
+def base_model_config(preset: str) -> ModelConfig:
+    """A preset's ModelConfig, or the architecture of a checkpoint (a shipped name or a folder)."""
+    if preset in PRESETS:
+        return PRESETS[preset]
+    from ttc_jax.checkpoints.store import read_config, resolve
+    try:
+        return read_config(resolve(preset))[0]
+    except ValueError as e:
+        raise ValueError(f"unknown preset --config={preset!r}; expected one of {sorted(PRESETS)} or a checkpoint "
+                         f"name / folder ({e})") from None
+
+
 def default_train_config(preset: str) -> TrainConfig:
-    """Training defaults for a model preset (TTT-MLP presets ramp the inner base lr 0.01 -> 0.1)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset --config={preset!r}; expected one of {sorted(PRESETS)}")
-    size = "tiny" if preset.startswith("tiny") else preset.rsplit("-", 1)[1]
+    """Training defaults for a model preset (TTT-MLP presets ramp the inner base lr 0.01 -> 0.1); a
+    checkpoint given as the config gets the tiny defaults."""
+    mcfg = base_model_config(preset)
+    size = "tiny" if preset.startswith("tiny") or preset not in PRESETS else preset.rsplit("-", 1)[1]
     kw = dict(_SIZE_DEFAULTS[size])
-    if "ttt_mlp" in PRESETS[preset].layer_pattern:
+    if "ttt_mlp" in mcfg.layer_pattern:
         kw.update(ttt_base_lr_init=0.01)
     return TrainConfig(**kw)
 
@@ -227,7 +259,7 @@ def run_config(preset: str, overrides: list[str] | None = None, *, steps: int | 
     if steps is not None:
         train_kw["steps"] = steps
     tcfg = tcfg.replace(**train_kw)
-    mcfg = get_config(preset, **model_kw)
+    mcfg = get_config(preset, **model_kw) if preset in PRESETS else base_model_config(preset).replace(**model_kw)
     return model_for_training(mcfg, tcfg), tcfg
 
 
@@ -256,8 +288,11 @@ def from_json(d: dict) -> tuple[ModelConfig, TrainConfig, str]:
 
 
 def run_identity(d: dict) -> dict:
-    """The part of a config JSON that must match to resume a workdir."""
+    """The part of a config JSON that must match to resume a workdir (fields it lacks take their defaults,
+    so workdirs written before a field existed still resume)."""
     d = json.loads(json.dumps(d))
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    d["train"] = {**defaults, **d.get("train", {})}
     for name in RESUMABLE_FIELDS:
         d["train"].pop(name, None)
     return d

@@ -54,10 +54,13 @@ def summed_loss(params, graphdef, batch: dict, ttt_lr_mult, with_stats: bool):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, tcfg: TrainConfig, *, lr_mult_fn,
-                    schedule, with_stats: bool):
-    """step(state, batch) -> (state, metrics); batch arrays [batch_size, T]. Pure; jit it outside."""
+                    schedule, with_stats: bool, loss_fn=summed_loss):
+    """step(state, batch) -> (state, metrics); batch arrays [batch_size, T]. Pure; jit it outside.
+
+    `loss_fn(params, graphdef, batch, ttt_lr_mult, with_stats)` -> (summed loss, (weight sum, stats)):
+    `summed_loss` (next-token), or a reward model's summed BCE (`ttc_jax.train.reward.summed_bce`)."""
     n_micro = tcfg.grad_accum
-    grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(state: TrainState, batch: dict):
         mult = lr_mult_fn(state.step)

@@ -31,7 +31,7 @@ from ttc_jax.train import metrics as M
 from ttc_jax.train import optim, peaks
 from ttc_jax.train import sharding as S
 from ttc_jax.train.checkpoint import Checkpointer
-from ttc_jax.train.step import TrainState, make_eval_step, make_train_step
+from ttc_jax.train.step import TrainState, make_eval_step, make_train_step, summed_loss
 
 CONFIG_FILE = "config.json"
 
@@ -73,9 +73,17 @@ def check_mesh_divides(mcfg: ModelConfig, tcfg: C.TrainConfig) -> None:
     S.check_divisibility(mcfg, tcfg.micro_batch_size, mesh_config(tcfg))
 
 
-def abstract_model(mcfg: ModelConfig, seed: int, mesh=None):
+def build_model(mcfg: ModelConfig, seed: int, objective: str = "lm"):
+    """The trained module: a HybridLM ("lm") or a RewardModel on a HybridLM backbone ("prm" / "orm")."""
+    if objective == "lm":
+        return HybridLM(mcfg, rngs=nnx.Rngs(seed))
+    from ttc_jax.train.reward import build_reward_model
+    return build_reward_model(mcfg, objective, seed)
+
+
+def abstract_model(mcfg: ModelConfig, seed: int, mesh=None, objective: str = "lm"):
     """(graphdef, abstract params as a pure dict[, their NamedShardings on `mesh`]) without allocating."""
-    model = nnx.eval_shape(lambda: HybridLM(mcfg, rngs=nnx.Rngs(seed)))
+    model = nnx.eval_shape(lambda: build_model(mcfg, seed, objective))
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     if mesh is None:
@@ -114,6 +122,7 @@ class Run:
     train_iter: Any
     checkpointer: Checkpointer
     start_step: int
+    step_data: Any = None  # prm/orm: the `reward.StepData` (training and validation examples)
 
 
 def _names(path) -> tuple[str, ...]:
@@ -122,7 +131,7 @@ def _names(path) -> tuple[str, ...]:
 
 def _abstract_train_state(mcfg, tcfg, tx, mesh):
     """(graphdef, abstract TrainState, its shardings): optimizer moments follow their parameter."""
-    graphdef, params, p_sh = abstract_model(mcfg, tcfg.seed, mesh)
+    graphdef, params, p_sh = abstract_model(mcfg, tcfg.seed, mesh, tcfg.objective)
     by_path = {_names(p): s for p, s in jax.tree_util.tree_flatten_with_path(p_sh)[0]}
     rep = NamedSharding(mesh, P())
 
@@ -139,13 +148,65 @@ def _abstract_train_state(mcfg, tcfg, tx, mesh):
     return graphdef, state, TrainState(rep, p_sh, o_sh, rep)
 
 
-def _init_state(mcfg, tcfg, tx, shardings) -> TrainState:
-    def init():
-        model = HybridLM(mcfg, rngs=nnx.Rngs(tcfg.seed))
+def _init_state(mcfg, tcfg, tx, shardings, init_params: dict | None = None) -> TrainState:
+    """A fresh state; `init_params` (a subtree of the pure params dict, from `--init`) replaces its part."""
+    def init(loaded):
+        model = build_model(mcfg, tcfg.seed, tcfg.objective)
         params = nnx.to_pure_dict(nnx.split(model)[1])
+        if loaded is not None:
+            params = _overlay(params, loaded)
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
                           jax.random.key_data(jax.random.key(tcfg.seed)))
-    return jax.jit(init, out_shardings=shardings)()
+    return jax.jit(init, out_shardings=shardings)(init_params)
+
+
+def _overlay(params: dict, loaded: dict) -> dict:
+    out = dict(params)
+    for k, v in loaded.items():
+        out[k] = _overlay(params[k], v) if isinstance(v, dict) else v
+    return out
+
+
+# ModelConfig fields that define the function an --init checkpoint computes (the rest are precision,
+# remat, scan and kernel choices that a training run may set differently).
+_ARCH_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_dim", "layer_pattern", "backbone",
+                "mini_batch_size", "conv_width", "rope_theta", "ttt_base_lr", "sliding_window", "norm_eps",
+                "tie_word_embeddings", "pre_conv", "share_qk", "use_gate")
+
+
+def load_init_params(init: str, mcfg: ModelConfig, objective: str, target_params: dict, preset: str) -> dict:
+    """The pure-dict parameters of checkpoint `init` laid out like the run's params (a reward model's
+    backbone, plus its head when `init` is itself a reward model of the same kind); one-line errors
+    when it does not match the run's config."""
+    from ttc_jax.checkpoints.store import read_config, resolve
+    folder = resolve(init)
+    icfg, doc = read_config(folder)
+    for f in _ARCH_FIELDS:
+        if getattr(icfg, f) != getattr(mcfg, f):
+            raise ValueError(f"--init={init!r} does not match --config={preset!r}: its {f} is "
+                             f"{getattr(icfg, f)!r}, the config's is {getattr(mcfg, f)!r}")
+    rm_meta = (doc.get("metadata") or {}).get("reward_model")
+    if objective != "lm" and isinstance(rm_meta, dict) and rm_meta.get("kind") == objective:
+        from ttc_jax.search.checkpoint import load_reward_pretrained
+        loaded = nnx.to_pure_dict(nnx.state(load_reward_pretrained(str(folder)), nnx.Param))
+    else:
+        from ttc_jax.checkpoints.store import load_folder
+        model = load_folder(folder)[0]
+        loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        if objective != "lm":
+            loaded = {"backbone": loaded}
+    want = target_params if objective == "lm" or "head" in loaded else target_params["backbone"]
+    got = loaded if objective == "lm" or "head" in loaded else loaded["backbone"]
+    gs, ws = _shapes(got), _shapes(want)
+    for k in sorted(set(gs) | set(ws)):
+        if gs.get(k) != ws.get(k):
+            raise ValueError(f"--init={init!r} does not match --config={preset!r}: parameter {k} has shape "
+                             f"{gs.get(k)} in the checkpoint, {ws.get(k)} in the config")
+    return loaded
+
+
+def _shapes(tree) -> dict:
+    return {"/".join(_names(p)): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def setup(preset: str, workdir: str, *, steps: int | None = None, overrides: list[str] | None = None,
@@ -174,14 +235,26 @@ def setup(preset: str, workdir: str, *, steps: int | None = None, overrides: lis
         raise ValueError(f"--workdir={workdir!r} has checkpoints but no {CONFIG_FILE}; refusing to guess its config")
     check_mesh_divides(mcfg, tcfg)
     mesh = make_mesh(tcfg)
-    data_dir = resolve_data_dir(tcfg)
     n_proc = jax.process_count()
     if tcfg.batch_size % n_proc:
         raise ValueError(f"batch_size={tcfg.batch_size} is not divisible by the {n_proc} processes")
-    from ttc_jax.data import make_iterator
-    train_iter = make_iterator(data_dir, "train", seq_len=tcfg.seq_len, batch_size=tcfg.batch_size // n_proc,
-                               seed=tcfg.seed, shard_index=jax.process_index(), shard_count=n_proc,
-                               vocab_size=mcfg.vocab_size)
+    step_data = None
+    if tcfg.objective == "lm":
+        data_dir = resolve_data_dir(tcfg)
+        from ttc_jax.data import make_iterator
+        train_iter = make_iterator(data_dir, "train", seq_len=tcfg.seq_len, batch_size=tcfg.batch_size // n_proc,
+                                   seed=tcfg.seed, shard_index=jax.process_index(), shard_count=n_proc,
+                                   vocab_size=mcfg.vocab_size)
+    else:
+        from ttc_jax.train.reward import RewardBatches, StepData
+        if tcfg.tokenizer != "byte" or mcfg.vocab_size != 256:
+            raise ValueError(f"objective={tcfg.objective!r} reads step data as bytes; expected tokenizer 'byte' and "
+                             f"vocab_size 256, got {tcfg.tokenizer!r} and {mcfg.vocab_size}")
+        step_data = StepData(tcfg)
+        data_dir = os.path.abspath(tcfg.step_data)
+        train_iter = RewardBatches(step_data, batch_size=tcfg.batch_size // n_proc, seq_len=tcfg.seq_len,
+                                   synthetic=tcfg.synthetic, max_left_pad=tcfg.max_left_pad, seed=tcfg.seed,
+                                   shard_index=jax.process_index())
     tx = optim.make_optimizer(tcfg)
     graphdef, target, shardings = _abstract_train_state(mcfg, tcfg, tx, mesh)
     target_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings)
@@ -193,6 +266,9 @@ def setup(preset: str, workdir: str, *, steps: int | None = None, overrides: lis
         latest = reader.latest_step()
         if latest is not None:
             reader.check_compatible(latest, target_sharded._asdict())
+    init_params = None
+    if tcfg.init and latest is None:
+        init_params = load_init_params(tcfg.init, mcfg, tcfg.objective, target.params, preset)
     # --- nothing above writes; from here on the run is valid ---
     os.makedirs(workdir, exist_ok=True)
     if not os.path.isfile(cfg_path):
@@ -206,10 +282,10 @@ def setup(preset: str, workdir: str, *, steps: int | None = None, overrides: lis
         start = int(state.step)
     else:
         with S.use_mesh(mesh):
-            state = _init_state(mcfg, tcfg, tx, shardings)
+            state = _init_state(mcfg, tcfg, tx, shardings, init_params)
         start = 0
     return Run(preset, workdir, mcfg, tcfg, mesh, graphdef, state, shardings, data_dir, train_iter,
-               checkpointer, start)
+               checkpointer, start, step_data)
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -238,6 +314,21 @@ def evaluate(graphdef, params, data_dir: str, mcfg: ModelConfig, *, seq_len: int
     loss = float(loss_sum.sum() / count.sum())
     return {"val_loss": loss, "val_ppl": float(np.exp(loss)), "val_tokens": int(count.sum()),
             "loss_by_position": M.loss_by_position(loss_sum, count)}
+
+
+def evaluate_reward_run(run: Run, params, score_fn) -> dict:
+    """A reward-model run's validation metrics: val_loss (= BCE) and val_auroc on the validation rows,
+    plus val_synthetic_bce / val_synthetic_auroc on their prompts' reference / corrupted solutions."""
+    from ttc_jax.train.reward import evaluate_reward
+    tcfg, data = run.tcfg, run.step_data
+    kw = dict(kind=tcfg.objective, seq_len=tcfg.seq_len, batch_size=tcfg.micro_batch_size,
+              n_batches=tcfg.eval_batches)
+    r = evaluate_reward(score_fn, params, data.val, **kw)
+    out = {"val_loss": r["bce"], "val_auroc": r["auroc"], "val_positions": r["n"]}
+    if data.val_synthetic:
+        r = evaluate_reward(score_fn, params, data.val_synthetic, **kw)
+        out.update(val_synthetic_bce=r["bce"], val_synthetic_auroc=r["auroc"])
+    return out
 
 
 # --- the loop ------------------------------------------------------------------------------------------
@@ -276,13 +367,17 @@ def train(preset: str, workdir: str, *, steps: int | None = None, overrides: lis
     tx = optim.make_optimizer(tcfg)
     schedule = optim.lr_schedule(tcfg)
     base = ttt_peak_base_lr(mcfg)
+    reward = tcfg.objective != "lm"
+    if reward:
+        from ttc_jax.train import reward as R
     step_fn = make_train_step(run.graphdef, tx, tcfg, lr_mult_fn=lambda s: optim.ttt_lr_mult(tcfg, base, s),
-                              schedule=schedule, with_stats=tcfg.ttt_stats and any(
-                                  k != "attention" for k in mcfg.layer_kinds))
+                              schedule=schedule, with_stats=not reward and tcfg.ttt_stats and any(
+                                  k != "attention" for k in mcfg.layer_kinds),
+                              loss_fn=R.summed_bce if reward else summed_loss)
     b_sh = S.batch_sharding(run.mesh)
     jit_step = jax.jit(step_fn, in_shardings=(run.state_shardings, b_sh),
                        out_shardings=(run.state_shardings, None), donate_argnums=(0,))
-    eval_fn = jax.jit(make_eval_step(run.graphdef))
+    eval_fn = jax.jit(R.make_score_fn(run.graphdef) if reward else make_eval_step(run.graphdef))
     flops_tok = M.train_flops_per_token(mcfg, tcfg.seq_len)
     peak = peaks.total_peak_flops()
     logger = M.MetricsLogger(run.workdir)
@@ -296,7 +391,8 @@ def train(preset: str, workdir: str, *, steps: int | None = None, overrides: lis
         with S.use_mesh(run.mesh), _stop_on_signals() as flag:
             while step < tcfg.steps:
                 batch = next(run.train_iter)
-                batch = {k: batch[k] for k in ("inputs", "targets", "mask")}
+                batch = {k: batch[k] for k in (("inputs", "labels", "weights") if reward
+                                                else ("inputs", "targets", "mask"))}
                 batch = jax.make_array_from_process_local_data(b_sh, batch) if jax.process_count() > 1 \
                     else jax.device_put(batch, b_sh)
                 state, met = jit_step(state, batch)
@@ -317,7 +413,13 @@ def train(preset: str, workdir: str, *, steps: int | None = None, overrides: lis
                     row = logger.write(step, row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row.get('tokens_per_s', 0):.0f}")
                     t_window, steps_window = time.perf_counter(), 0
-                if step % tcfg.eval_every == 0 or step == tcfg.steps:
+                if (step % tcfg.eval_every == 0 or step == tcfg.steps) and reward:
+                    last_eval = evaluate_reward_run(run, state.params, eval_fn)
+                    val_loss = last_eval["val_loss"]
+                    logger.write(step, {k: v for k, v in last_eval.items() if v is not None})
+                    bar.write(f"step {step}: val_bce {val_loss:.4f} val_auroc {last_eval['val_auroc']}")
+                    t_window, steps_window = time.perf_counter(), 0  # exclude eval time
+                elif step % tcfg.eval_every == 0 or step == tcfg.steps:
                     last_eval = evaluate(run.graphdef, state.params, run.data_dir, mcfg, seq_len=tcfg.seq_len,
                                          batch_size=tcfg.micro_batch_size, n_batches=tcfg.eval_batches,
                                          mesh=run.mesh, eval_fn=eval_fn)
@@ -341,6 +443,6 @@ def train(preset: str, workdir: str, *, steps: int | None = None, overrides: lis
         logger.close()
         bar.close()
     summary.update(step=step, stopped=stopped, val_loss=last_eval.get("val_loss"),
-                   val_ppl=last_eval.get("val_ppl"))
+                   val_ppl=last_eval.get("val_ppl"), val_auroc=last_eval.get("val_auroc"))
     summary["state"] = state
     return summary
