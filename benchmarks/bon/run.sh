@@ -19,10 +19,13 @@ timeout -s INT 50m nice -n 10 $TTC train --config tiny-transformer --workdir "$M
   batch_size=32 lr=2e-3 warmup_steps=100 eval_every=200 eval_batches=4 save_every=100 log_every=20 \
   > "$MODELS/logs/policy.log" 2>&1 || true
 $PY benchmarks/bon/ship.py --workdir "$MODELS/policy_run" --policy-only --out "$MODELS"   # -> $MODELS/policy
-nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy" --out "$MODELS/prm" --kind prm \
-  --data "$MODELS/prm_data.jsonl" --minutes 18 > "$MODELS/logs/prm.log" 2>&1
-nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy" --out "$MODELS/orm" --kind orm \
-  --data "$MODELS/prm_data.jsonl" --minutes 12 --seed 1 > "$MODELS/logs/orm.log" 2>&1
+# PRM and ORM: ttc train --objective prm|orm from the policy (train_prm.py samples the step data first)
+nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy" --workdir "$MODELS/prm_run" --kind prm \
+  --data "$MODELS/prm_data" --steps 700 --minutes 15 > "$MODELS/logs/prm.log" 2>&1
+nice -n 10 $PY benchmarks/bon/train_prm.py --policy "$MODELS/policy" --workdir "$MODELS/orm_run" --kind orm \
+  --data "$MODELS/prm_data" --steps 500 --minutes 13 --seed 1 > "$MODELS/logs/orm.log" 2>&1
+$PY -m ttc_jax.cli export "$MODELS/prm_run" "$MODELS/prm" --overwrite
+$PY -m ttc_jax.cli export "$MODELS/orm_run" "$MODELS/orm" --overwrite
 # one process per difficulty level (the shared CPU gives each process a slice), then merge
 for lv in easy medium hard; do
   nice -n 10 $PY -m ttc_jax.cli best-of-n --policy "$MODELS/policy" --prm "$MODELS/prm" --orm "$MODELS/orm" \
@@ -31,4 +34,4 @@ for lv in easy medium hard; do
 done
 wait
 $PY benchmarks/bon/merge.py --out benchmarks/results/bon "$MODELS/eval_easy" "$MODELS/eval_medium" "$MODELS/eval_hard"
-$PY benchmarks/bon/ship.py --workdir "$MODELS/policy_run" --prm "$MODELS/prm" --orm "$MODELS/orm" --out checkpoints
+$PY benchmarks/bon/ship.py --workdir "$MODELS/policy_run" --prm "$MODELS/prm_run" --orm "$MODELS/orm_run" --out checkpoints

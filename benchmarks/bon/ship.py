@@ -1,8 +1,8 @@
 """Ship the best-of-N models into checkpoints/: the policy from its `ttc train` workdir (save_pretrained),
-the PRM and ORM from their .npz checkpoints (save_reward_pretrained), each with a model card.
+the PRM and ORM from their `ttc train --objective prm|orm` workdirs (`ttc export`), each with a model card.
 
   .venv/bin/python benchmarks/bon/ship.py --workdir /work/coord/bon_models2/policy_run \
-      --prm /work/coord/bon_models2/prm --orm /work/coord/bon_models2/orm --out checkpoints
+      --prm /work/coord/prm3/prm_run --orm /work/coord/prm3/orm_run --out checkpoints
   .venv/bin/python benchmarks/bon/ship.py --workdir ... --policy-only --out /work/coord/bon_models2  # export only
 """
 
@@ -14,12 +14,11 @@ import numpy as np
 
 from ttc_jax.checkpoints import save_pretrained
 from ttc_jax.checkpoints.training import load_train_workdir
-from ttc_jax.search import checkpoint
 
 p = argparse.ArgumentParser()
 p.add_argument("--workdir", required=True, help="the policy's ttc train workdir")
-p.add_argument("--prm", default=None)
-p.add_argument("--orm", default=None)
+p.add_argument("--prm", default=None, help="the PRM's ttc train workdir")
+p.add_argument("--orm", default=None, help="the ORM's ttc train workdir")
 p.add_argument("--out", required=True)
 p.add_argument("--policy-name", default="arith-policy")
 p.add_argument("--policy-only", action="store_true")
@@ -93,48 +92,8 @@ print("wrote", dst)
 for kind, path in (("prm", a.prm), ("orm", a.orm)):
     if a.policy_only or not path:
         continue
-    rm = checkpoint.load_reward(path)
-    meta = checkpoint.load_info(path)["meta"]
-    args, held = meta["args"], meta.get("heldout", {})
-    hist = meta["history"]
-    what = ("step scores at every step separator ('\\n'), trained with binary cross-entropy on exact step labels "
-            "(1 while every step so far equals the reference step, 0 from the first wrong one)") if kind == "prm" else \
-        "one score at the completion's last token, trained with binary cross-entropy on final-answer correctness"
-    hs = "\n".join(f"| held-out AUROC, {k.replace('_', ' ')} | {v['auroc']:.3f} ({v['n']} {'steps' if kind == 'prm' else 'completions'}, "
-                   f"{v['positive']:.2f} positive; mean score {v['mean_score_positive']:.3f} right vs "
-                   f"{v['mean_score_negative']:.3f} wrong) |" for k, v in held.items() if v.get("auroc") is not None)
-    rcard = f"""# arith-{kind}
-
-The {'process' if kind == 'prm' else 'outcome'} reward model for `{a.policy_name}`: a sigmoid value head
-(`ttc_jax.nn.prm.RewardModel`, kind "{kind}") on its own copy of the policy's architecture, initialised from
-the policy's weights; {what}.
-
-| | |
-|---|---|
-| data | {meta['n_train_samples']} policy completions ({args['problems']} training problems x {args['samples']} samples at temperature 1, seeds >= 5000, held-out prompts excluded) mixed with a synthetic stream ({args['synthetic']:.0%} of each batch: the reference or a corrupted solution, half each) |
-| steps | {hist[-1][0] + 1} steps x batch {args['batch']} (length {args['length']}), AdamW lr {args['lr']}, warmup + cosine over {args['steps']} steps{'' if hist[-1][0] + 1 >= args['steps'] else f", stopped at step {hist[-1][0] + 1} by the {args['minutes']:g}-minute cap"} ({meta['train_seconds'] / 60:.1f} min on the shared CPU, sampling included) |
-| final training BCE | {hist[-1][1]:.4f} (EMA) |
-{hs}
-
-```python
-from ttc_jax.search.checkpoint import load_reward_pretrained
-rm = load_reward_pretrained("arith-{kind}")   # RewardModel; rm(tokens) -> scores in (0, 1) at every position
-```
-
-The folder is also a plain checkpoint of the backbone (`ttc_jax.from_pretrained("arith-{kind}")` loads it as
-an LM); the head is `reward_head.npz`. `ttc best-of-n --policy {a.policy_name} --prm arith-prm --orm arith-orm`
-accepts these names.
-
-Reproduce (after the policy, see its card):
-
-```bash
-python benchmarks/bon/train_prm.py --policy checkpoints/{a.policy_name} --out prm --kind prm --data prm_data.jsonl --minutes {args['minutes']:g}
-python benchmarks/bon/train_prm.py --policy checkpoints/{a.policy_name} --out orm --kind orm --data prm_data.jsonl --minutes {args['minutes']:g} --seed 1
-python benchmarks/bon/ship.py --workdir policy_run --prm prm --orm orm --out checkpoints
-```
-{extra}
-"""
-    dst = os.path.join(a.out, f"arith-{kind}")
-    checkpoint.save_reward_pretrained(rm, dst, card=rcard, overwrite=True,
-                                      metadata={"task": "arithmetic", "policy": a.policy_name, "heldout": held})
-    print("wrote", dst)
+    # the reward models are `ttc train --objective prm|orm` workdirs (benchmarks/bon/train_prm.py); `ttc export`
+    # writes them with their cards
+    from ttc_jax.train.export import export_workdir
+    print("wrote", export_workdir(path, os.path.join(a.out, f"arith-{kind}"), name=f"arith-{kind}", note=extra,
+                                  overwrite=True))

@@ -112,6 +112,15 @@ def test_export_loads_as_a_reward_model_with_the_same_scores_and_validation_bce(
     assert bce == pytest.approx(logged, rel=1e-4)
     card = open(os.path.join(dst, "README.md")).read()
     assert "ttc train --config tiny-transformer" in card and "--objective prm" in card and "AUROC" in card
+    # --init DST: a PRM run takes its backbone and head, an ORM run its backbone only, an LM run the backbone
+    _, target = trainer.abstract_model(mcfg, 0, objective="prm")
+    got = trainer.load_init_params(dst, mcfg, "prm", target, "tiny-transformer")
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(state["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert set(trainer.load_init_params(dst, mcfg, "orm", target, "tiny-transformer")) == {"backbone"}
+    got = trainer.load_init_params(dst, mcfg, "lm", target["backbone"], "tiny-transformer")
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(state["params"]["backbone"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_orm_labels_sit_at_the_last_token_and_come_from_the_outcome(data):
@@ -171,3 +180,4 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, message, data, tmp
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("ttc train: error:") and message in err and "\n" not in err, err
     assert _snapshot(wd) is None
+
