@@ -9,6 +9,7 @@ from ttc_jax import demo
 from ttc_jax.checkpoints import cli as convert_cli
 from ttc_jax.data import cli as data_cli
 from ttc_jax.kernels import bench as kernels_bench
+from ttc_jax.pipeline import cli as solve_cli
 from ttc_jax.scaling import cli as scale_cli
 from ttc_jax.search import cli as search_cli
 from ttc_jax.train import cli as train_cli
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cli.register(sub)
     data_cli.register(sub)
     train_cli.register(sub)
+    solve_cli.register(sub)
     return parser
 
 

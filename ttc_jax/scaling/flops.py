@@ -265,7 +265,7 @@ def _layers_flops(cfg: Any, n: int, start: int, *, decode: bool, causal_skip: bo
         else:
             dense += 2 * (3 + (not share_qk) + use_gate) * D * D * n
         if kind == "attention":
-            if decode and cache_size is not None:  # a fixed-size cache attended with a mask
+            if cache_size is not None:  # a fixed-size cache attended with a mask
                 ctx = n * cache_size
             elif decode or causal_skip:
                 ctx = _sum_min(start + 1, start + n, window)
@@ -286,18 +286,24 @@ def _layers_flops(cfg: Any, n: int, start: int, *, decode: bool, causal_skip: bo
 
 
 def forward_flops(cfg: Any, n_tokens: int, *, start: int = 0, logits: Literal["all", "last", "none"] = "all",
-                  causal_skip: bool = True, keep_state: bool = True) -> Flops:
+                  causal_skip: bool = True, keep_state: bool = True, cache_size: int | None = None) -> Flops:
     """One parallel forward (prefill) over positions start .. start+n_tokens-1, earlier positions cached.
 
     logits: which positions go through the LM head ("all" for training/scoring, "last" for a prompt).
     keep_state=False drops the TTT update of the last mini-batch, which nothing reads when the final
     state is discarded (training, scoring; XLA removes it as dead code).
+    cache_size: attention reads that many keys per query (a prefill into a fixed-size masked KV cache).
     """
     n, start = _check_tokens(n_tokens, start)
     if logits not in ("all", "last", "none"):
         raise ValueError(f"logits={logits!r}; expected 'all', 'last' or 'none'")
+    if cache_size is not None:
+        cache_size = V.positive_int("cache_size", cache_size)
+        if cache_size < start + n:
+            raise ValueError(f"cache_size={cache_size} < start + n_tokens = {start + n}; expected room for every token")
     n_logits = {"all": n, "last": 1, "none": 0}[logits]
-    body = _layers_flops(cfg, n, start, decode=False, causal_skip=causal_skip, keep_state=keep_state)
+    body = _layers_flops(cfg, n, start, decode=False, causal_skip=causal_skip, keep_state=keep_state,
+                         cache_size=cache_size)
     return body + Flops(head=2.0 * cfg.d_model * cfg.vocab_size * n_logits)
 
 

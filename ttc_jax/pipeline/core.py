@@ -1,0 +1,292 @@
+"""`Pipeline.solve`: one query under a FLOP budget, composing the three test-time-compute methods.
+
+    1. probe    k cheap samples from the policy, scored by the PRM: the query's difficulty score (the
+                mean last-step score; without a PRM, the share of probes agreeing with their majority)
+                -> a difficulty bin (`DifficultyBins`, quantiles calibrated on other queries);
+    2. plan     with text to adapt on (`adapt_prefix`) and a fitted `AdaptationGain` for the bin:
+                (N copies, steps) = allocate(remaining budget) ("adapt per sample; generate; select");
+                otherwise (selection rule, N) = the best measured accuracy of the bin's curves that fits;
+    3. run      N samples (probes reused as candidates when not adapting), or N adapted copies
+                (`ttt_adapt_many`) sampled in one call (`sample_adapted`); PRM scores;
+    4. select   majority / weighted best-of-N / PRM argmax over the candidates' final answers;
+    5. ledger   analytic FLOPs of every computation that ran, by component (`FlopLedger`).
+
+Prompts are laid out as the task's training data (PAD on the left, length rounded up to a bucket) so a
+handful of shapes compile; the ledger counts those executed shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+
+from ttc_jax.adapt import sample_adapted, ttt_adapt_many
+from ttc_jax.generate import sample
+from ttc_jax.nn.model import HybridLM
+from ttc_jax.nn.prm import RewardModel, aggregate
+from ttc_jax.pipeline import ledger as LG
+from ttc_jax.pipeline.plan import Choice, DifficultyBins, choose_adapted, choose_pool, needs_prm, rule_at
+from ttc_jax.scaling.allocate import AdaptationGain
+from ttc_jax.scaling.curves import CurveSet
+from ttc_jax.search import selection as SEL
+from ttc_jax.search.lm import RewardScorer, TextCodec
+
+AGGREGATION = {"weighted_best_of_n_prm": "last", "best_of_n_prm_last": "last", "best_of_n_prm_min": "min",
+               "best_of_n_prm_prod": "prod"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    probe_n: int = 4  # probe samples per query (reused as candidates when not adapting)
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    adapt_lr: float = 1e-3
+    adapt_scope: str = "all"
+    adapt_optimizer: str = "sgd"
+    max_adapt_steps: int = 16
+
+    def __post_init__(self):
+        for name in ("probe_n", "max_new_tokens", "max_adapt_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"PipelineConfig.{name}={v!r}; expected an int >= 1")
+        for name in ("temperature", "adapt_lr"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"PipelineConfig.{name}={v!r}; expected a finite number > 0")
+
+
+@dataclasses.dataclass
+class Solution:
+    answer: str | None
+    completion: str  # the chosen candidate's text ("" when none has an answer)
+    bin: str
+    difficulty: float
+    choice: Choice
+    candidates: list[str]
+    answers: list[str | None]
+    ledger: LG.FlopLedger
+
+    def to_dict(self) -> dict:
+        return {"answer": self.answer, "completion": self.completion, "bin": self.bin,
+                "difficulty": self.difficulty, "choice": dataclasses.asdict(self.choice),
+                "n_candidates": len(self.candidates), "flops": self.ledger.to_dict()}
+
+
+class Pipeline:
+    """A policy, an optional PRM, measured curves, difficulty bins and optional adaptation gains per bin."""
+
+    def __init__(self, policy: HybridLM, codec: TextCodec, answer_fn: Callable[[str], str | None], curves: CurveSet,
+                 *, prm: RewardModel | None = None, bins: DifficultyBins | None = None,
+                 gains: Mapping[str, AdaptationGain] | None = None, config: PipelineConfig = PipelineConfig()):
+        if not isinstance(policy, HybridLM):
+            raise ValueError(f"policy is a {type(policy).__name__}; expected a ttc_jax.nn.HybridLM")
+        if prm is not None:
+            if not isinstance(prm, RewardModel) or prm.kind != "prm":
+                raise ValueError(f"prm is {type(prm).__name__}{'' if not isinstance(prm, RewardModel) else ' kind=' + prm.kind}; "
+                                 "expected a ttc_jax.nn.prm.RewardModel of kind 'prm'")
+            prm.check_policy(policy.cfg, codec.sep)
+        if bins is not None and set(bins.names) != set(curves.bins):
+            raise ValueError(f"bins {list(bins.names)} do not match the curves' bins {list(curves.bins)}")
+        if gains is not None and not set(gains) <= set(curves.bins):
+            raise ValueError(f"gains has bins {sorted(gains)}; expected some of the curves' bins {list(curves.bins)}")
+        self.policy, self.codec, self.answer_fn, self.curves = policy, codec, answer_fn, curves
+        self.prm, self.bins, self.gains, self.config = prm, bins, dict(gains or {}), config
+        self.scorer = RewardScorer(prm, codec) if prm is not None else None
+
+    # -- costs of the computations `solve` runs (upper bounds: every sample at full length) ----------
+
+    def _layout(self, prompt: str) -> np.ndarray:
+        return self.codec.right_aligned([self.codec.encode(prompt)])
+
+    def _prm_len(self, prompt: str) -> int:
+        return -(-(len(self.codec.encode(prompt)) + self.config.max_new_tokens + 1) // 16) * 16
+
+    def sample_cost(self, prompt: str, rows: int, *, copies: bool = False, steps: int | None = None) -> float:
+        """Prefill (once, or once per row for adapted copies) + decoding `rows` samples."""
+        Lp, M = self._layout(prompt).shape[1], self.config.max_new_tokens
+        pre = LG.prefill_cost(self.policy.cfg, rows=rows if copies else 1, prompt_len=Lp, cache_size=Lp + M)
+        return pre + LG.decode_cost(self.policy.cfg, rows=rows, steps=M if steps is None else steps, start=Lp,
+                                    cache_size=Lp + M)
+
+    def score_cost(self, prompt: str, rows: int) -> float:
+        return LG.prm_cost(self.prm.cfg, rows=rows, length=self._prm_len(prompt)) if self.prm is not None else 0.0
+
+    def probe_cost(self, prompt: str) -> float:
+        return self.sample_cost(prompt, self.config.probe_n) + self.score_cost(prompt, self.config.probe_n)
+
+    def pool_cost(self, prompt: str, strategy: str, n: int) -> float:
+        """Predicted FLOPs of the whole query for a pool of n candidates (probes included and reused)."""
+        k = self.config.probe_n
+        extra = max(0, n - k)
+        c = self.probe_cost(prompt) + (self.sample_cost(prompt, extra) if extra else 0.0)
+        if extra and needs_prm(strategy):
+            c += self.score_cost(prompt, extra)
+        return c
+
+    # -- execution --------------------------------------------------------------------------------
+
+    def _sample(self, prompt: str, n: int, key, ledger: LG.FlopLedger, phase: str):
+        x = self._layout(prompt)
+        M = self.config.max_new_tokens
+        s = sample(self.policy, x, n=n, max_new_tokens=M, rng=key, temperature=self.config.temperature,
+                   stop_tokens=(self.codec.eos,), pad_id=self.codec.pad, mesh=None)
+        self._log_sampling(ledger, phase, s, rows=n, prompt_len=x.shape[1], prefill_rows=1)
+        return s
+
+    def _log_sampling(self, ledger, phase, s, *, rows, prompt_len, prefill_rows):
+        M, cfg = self.config.max_new_tokens, self.policy.cfg
+        steps = int(np.asarray(s.lengths).max())  # the batched loop runs until its longest row stops
+        cache = prompt_len + M
+        ledger.add(phase, "prefill", LG.prefill_cost(cfg, rows=prefill_rows, prompt_len=prompt_len, cache_size=cache),
+                   rows=prefill_rows, prompt_len=prompt_len, cache_size=cache)
+        ledger.add(phase, "decode", LG.decode_cost(cfg, rows=rows, steps=steps, start=prompt_len, cache_size=cache),
+                   rows=rows, steps=steps, start=prompt_len, cache_size=cache)
+
+    def _texts(self, s) -> tuple[list[str], list[bool]]:
+        t, f = np.asarray(s.tokens)[0], np.asarray(s.finished)[0]
+        return [self.codec.decode(r) for r in t], [bool(v) for v in f]
+
+    def _score(self, prompt: str, s, ledger: LG.FlopLedger, phase: str) -> np.ndarray:
+        """Step scores [n, L] and mask of the samples (PRM), logged."""
+        scores, mask = self.scorer.score_pool(np.asarray(s.tokens), [prompt])
+        rows, L = scores.shape[1], scores.shape[2]
+        ledger.add(phase, "prm", LG.prm_cost(self.prm.cfg, rows=rows, length=L), rows=rows, length=L)
+        return scores[0], mask[0]
+
+    def _difficulty(self, answers, scores, mask) -> float:
+        if self.prm is not None:
+            return float(np.mean(np.asarray(aggregate(scores, mask, "last"))))
+        votes = [a for a in answers if a is not None]
+        if not votes:
+            return 0.0
+        return max(votes.count(a) for a in set(votes)) / len(answers)
+
+    def _probe(self, prompt, key, ledger):
+        s = self._sample(prompt, self.config.probe_n, key, ledger, "probe")
+        texts, fins = self._texts(s)
+        answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
+        scores = mask = None
+        if self.prm is not None:
+            scores, mask = self._score(prompt, s, ledger, "probe")
+        return texts, answers, scores, mask, self._difficulty(answers, scores, mask)
+
+    def difficulty(self, prompt: str, *, key) -> float:
+        """The probe's difficulty score of a query (higher = easier)."""
+        return self._probe(prompt, key, LG.FlopLedger())[-1]
+
+    def calibrate(self, prompts, *, key) -> DifficultyBins:
+        """Difficulty bins whose thresholds put the curves' shares of `prompts` (queries like the ones to
+        solve, not the evaluation queries) in each bin; also sets `self.bins`."""
+        keys = jax.random.split(key, len(prompts))
+        scores = [self.difficulty(p, key=k) for p, k in zip(prompts, keys)]
+        self.bins = DifficultyBins.calibrate(scores, self.curves.bins)
+        return self.bins
+
+    def solve(self, prompt: str, budget: float, *, key, adapt_prefix=None) -> Solution:
+        """Answer one query within `budget` FLOPs (see the module docstring). adapt_prefix: token ids to
+        adapt the policy on (e.g. solved examples of the query's format); used when the query's bin has
+        an `AdaptationGain`."""
+        budget = _budget(budget)
+        cfg, k = self.config, self.config.probe_n
+        one = self.sample_cost(prompt, 1)
+        if budget < one:
+            raise ValueError(f"budget={budget:.4g} FLOPs is below the cost of one sample ({one:.4g} FLOPs for this "
+                             "prompt); expected at least that")
+        if adapt_prefix is not None:
+            adapt_prefix = np.asarray(adapt_prefix)
+            if adapt_prefix.ndim != 1 or adapt_prefix.shape[0] < 2:
+                raise ValueError(f"adapt_prefix has shape {adapt_prefix.shape}; expected >= 2 token ids [T]")
+        ledger = LG.FlopLedger()
+        k_probe, k_main, k_adapt = jax.random.split(key, 3)
+
+        if budget < self.probe_cost(prompt):  # no room to probe: one sample, the prior's best bin rule
+            s = self._sample(prompt, 1, k_probe, ledger, "main")
+            texts, fins = self._texts(s)
+            answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
+            choice = Choice("majority", 1, 0, float("nan"), one)
+            return self._finish(answers, texts, None, choice, "", float("nan"), ledger)
+
+        texts, answers, scores, mask, difficulty = self._probe(prompt, k_probe, ledger)
+        bin_name = self.bins.bin_of(difficulty) if self.bins is not None else next(iter(self.curves.bins))
+        have_prm = self.prm is not None
+        rest = budget - ledger.total
+
+        gain = self.gains.get(bin_name)
+        if adapt_prefix is not None and gain is not None:
+            c0 = self.sample_cost(prompt, 1, copies=True) + self.score_cost(prompt, 1)
+            c1 = LG.adapt_cost(cfg_policy := self.policy.cfg, copies=1, steps=1, prefix_len=len(adapt_prefix)) - \
+                LG.adapt_cost(cfg_policy, copies=1, steps=0, prefix_len=len(adapt_prefix))
+            check = LG.adapt_cost(cfg_policy, copies=1, steps=0, prefix_len=len(adapt_prefix))
+            if rest >= c0 + check:
+                n, steps, success = choose_adapted(rest, sample_cost=c0 + check, step_cost=c1, gain=gain,
+                                                   max_steps=cfg.max_adapt_steps)
+                if steps > 0:
+                    rule = rule_at(self.curves, bin_name, n, have_prm=have_prm)
+                    choice = Choice(rule, n, steps, success, ledger.total + n * (c0 + check + steps * c1))
+                    return self._run_adapted(prompt, adapt_prefix, choice, k_adapt, k_main, ledger, bin_name,
+                                             difficulty)
+
+        cost = lambda strategy, n: self.pool_cost(prompt, strategy, n)
+        choice = choose_pool(self.curves, bin_name, budget, cost, have_prm=have_prm)
+        if choice is None:  # nothing measured fits: select among the probes (already paid for)
+            choice = Choice(rule_at(self.curves, bin_name, k, have_prm=have_prm), k, 0, float("nan"), ledger.total)
+        if choice.n > k:
+            s2 = self._sample(prompt, choice.n - k, k_main, ledger, "main")
+            t2, f2 = self._texts(s2)
+            texts, answers = texts + t2, answers + [self.answer_fn(t) if f else None for t, f in zip(t2, f2)]
+            if needs_prm(choice.strategy):
+                sc2, m2 = self._score(prompt, s2, ledger, "main")
+                scores, mask = _cat(scores, sc2), _cat(mask, m2)
+        n = choice.n
+        agg = None
+        if needs_prm(choice.strategy):
+            agg = np.asarray(aggregate(scores[:n], mask[:n], AGGREGATION[choice.strategy]))
+        return self._finish(answers[:n], texts[:n], agg, choice, bin_name, difficulty, ledger)
+
+    def _run_adapted(self, prompt, prefix, choice, k_adapt, k_main, ledger, bin_name, difficulty) -> Solution:
+        cfg = self.config
+        many = ttt_adapt_many(self.policy, prefix, n=choice.n, steps=choice.steps, lr=cfg.adapt_lr,
+                              scope=cfg.adapt_scope, optimizer=cfg.adapt_optimizer, key=k_adapt, order="random")
+        ledger.add("adapt", "adaptation", LG.adapt_cost(self.policy.cfg, copies=choice.n, steps=choice.steps,
+                                                        prefix_len=len(prefix)),
+                   copies=choice.n, steps=choice.steps, prefix_len=len(prefix))
+        x = self._layout(prompt)
+        s = sample_adapted(many, x, max_new_tokens=cfg.max_new_tokens, rng=k_main, temperature=cfg.temperature,
+                           stop_tokens=(self.codec.eos,), pad_id=self.codec.pad)
+        self._log_sampling(ledger, "main", s, rows=choice.n, prompt_len=x.shape[1], prefill_rows=choice.n)
+        texts, fins = self._texts(s)
+        answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
+        agg = None
+        if needs_prm(choice.strategy):
+            scores, mask = self._score(prompt, s, ledger, "main")
+            agg = np.asarray(aggregate(scores, mask, AGGREGATION[choice.strategy]))
+        return self._finish(answers, texts, agg, choice, bin_name, difficulty, ledger)
+
+    def _finish(self, answers, texts, agg, choice, bin_name, difficulty, ledger) -> Solution:
+        if choice.strategy == "majority":
+            sel = SEL.majority(answers)
+        elif choice.strategy == "weighted_best_of_n_prm":
+            sel = SEL.weighted_best_of_n(answers, agg)
+        else:
+            sel = SEL.best_of_n(answers, agg)
+        completion = texts[sel.index] if sel.index >= 0 else ""
+        return Solution(sel.answer, completion, bin_name, difficulty, choice, texts, answers, ledger)
+
+
+def _cat(a, b):
+    """Concatenate step-score arrays [n, L] of two pools, padding the shorter length (mask False)."""
+    L = max(a.shape[1], b.shape[1])
+    pad = lambda x: np.pad(x, ((0, 0), (0, L - x.shape[1])))
+    return np.concatenate([pad(a), pad(b)], 0)
+
+
+def _budget(budget) -> float:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(budget) or budget <= 0:
+        raise ValueError(f"budget={budget!r}; expected a finite number of FLOPs > 0")
+    return float(budget)
