@@ -248,6 +248,24 @@ class Pipeline:
             agg = np.asarray(aggregate(scores[:n], mask[:n], AGGREGATION[choice.strategy]))
         return self._finish(answers[:n], texts[:n], agg, choice, bin_name, difficulty, ledger)
 
+    def solve_fixed(self, prompt: str, strategy: str, n: int, *, key) -> Solution:
+        """A fixed strategy for comparison: n samples, no probe, no adaptation, the given selection rule; same
+        ledger accounting as `solve`."""
+        if strategy not in AGGREGATION and strategy != "majority":
+            raise ValueError(f"strategy={strategy!r}; expected 'majority' or one of {sorted(AGGREGATION)}")
+        if needs_prm(strategy) and self.prm is None:
+            raise ValueError(f"strategy={strategy!r} needs a PRM; the pipeline has none")
+        ledger = LG.FlopLedger()
+        s = self._sample(prompt, n, key, ledger, "main")
+        texts, fins = self._texts(s)
+        answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
+        agg = None
+        if needs_prm(strategy):
+            scores, mask = self._score(prompt, s, ledger, "main")
+            agg = np.asarray(aggregate(scores, mask, AGGREGATION[strategy]))
+        choice = Choice(strategy, n, 0, float("nan"), ledger.total)
+        return self._finish(answers, texts, agg, choice, "", float("nan"), ledger)
+
     def _run_adapted(self, prompt, prefix, choice, k_adapt, k_main, ledger, bin_name, difficulty) -> Solution:
         cfg = self.config
         many = ttt_adapt_many(self.policy, prefix, n=choice.n, steps=choice.steps, lr=cfg.adapt_lr,
