@@ -54,43 +54,21 @@ def peak_bytes(compiled) -> int | None:
 
 
 def measure(preset: str, tcfg: TrainConfig, reps: int, model_overrides: dict | None = None,
-            timed: bool = True) -> dict:
-    mcfg, tx, shardings, step = build(preset, tcfg, model_overrides)
-    batch = random_batch(tcfg.batch_size, tcfg.seq_len, mcfg.vocab_size)
-    state = _init_state(mcfg, tcfg, tx, shardings)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    row = {"preset": preset, "model_overrides": model_overrides or {}, "seq_len": tcfg.seq_len,
-           "batch_size": tcfg.batch_size, "grad_accum": tcfg.grad_accum, "dtype": tcfg.dtype,
-           "remat_layers": mcfg.remat_layers, "remat_group": mcfg.remat_group,
-           "peak_bytes": peak_bytes(compiled), "compile_s": compile_s}
-    if timed:
-        state, met = compiled(state, batch)
-        jax.block_until_ready(met["loss"])
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            state, met = compiled(state, batch)
-            jax.block_until_ready(met["loss"])
-            times.append(time.perf_counter() - t0)
-        step_s = float(np.median(times))
-        tps = tcfg.tokens_per_step / step_s
-        fpt = M.train_flops_per_token(mcfg, tcfg.seq_len)
-        row.update(step_s=step_s, step_s_all=times, tokens_per_s=tps, train_flops_per_token=fpt,
-                   mfu=M.mfu(tps, fpt, peaks.total_peak_flops()), loss=float(met["loss"]))
-    return row
-
-
-def timed_with_profile(preset: str, tcfg: TrainConfig, reps: int, trace_root: str,
-                       model_overrides: dict | None = None) -> dict:
-    """measure() plus a profiled extra step's breakdown by component."""
+            timed: bool = True, trace_root: str | None = None) -> dict:
+    """Compile one train step; with `timed`, the median of `reps` steps after a warm-up; with `trace_root`,
+    also a profiled extra step's breakdown by component."""
     mcfg, tx, shardings, step = build(preset, tcfg, model_overrides)
     batch = random_batch(tcfg.batch_size, tcfg.seq_len, mcfg.vocab_size)
     box = [_init_state(mcfg, tcfg, tx, shardings)]
     t0 = time.perf_counter()
     compiled = step.lower(box[0], batch).compile()
     compile_s = time.perf_counter() - t0
+    row = {"preset": preset, "model_overrides": model_overrides or {}, "seq_len": tcfg.seq_len,
+           "batch_size": tcfg.batch_size, "grad_accum": tcfg.grad_accum, "dtype": tcfg.dtype,
+           "remat_layers": mcfg.remat_layers, "remat_group": mcfg.remat_group,
+           "peak_bytes": peak_bytes(compiled), "compile_s": compile_s}
+    if not timed:
+        return row
 
     def run():
         box[0], met = compiled(box[0], batch)
@@ -106,11 +84,10 @@ def timed_with_profile(preset: str, tcfg: TrainConfig, reps: int, trace_root: st
     step_s = float(np.median(times))
     tps = tcfg.tokens_per_step / step_s
     fpt = M.train_flops_per_token(mcfg, tcfg.seq_len)
-    row = {"preset": preset, "model_overrides": model_overrides or {}, "seq_len": tcfg.seq_len,
-           "batch_size": tcfg.batch_size, "peak_bytes": peak_bytes(compiled), "compile_s": compile_s,
-           "step_s": step_s, "step_s_all": times, "tokens_per_s": tps, "train_flops_per_token": fpt,
-           "mfu": M.mfu(tps, fpt, peaks.total_peak_flops()), "loss": float(met["loss"])}
-    row["profile"] = profile_breakdown(compiled, run, os.path.join(trace_root, preset))
+    row.update(step_s=step_s, step_s_all=times, tokens_per_s=tps, train_flops_per_token=fpt,
+               mfu=M.mfu(tps, fpt, peaks.total_peak_flops()), loss=float(met["loss"]))
+    if trace_root is not None:
+        row["profile"] = profile_breakdown(compiled, run, os.path.join(trace_root, preset))
     return row
 
 
@@ -173,7 +150,7 @@ def main() -> None:
         save()
     tcfg = TrainConfig(steps=100, batch_size=args.batch, seq_len=args.seq_len, warmup_steps=10)
     for p in args.presets.split(","):
-        r = timed_with_profile(p, tcfg, args.reps, args.trace_dir)
+        r = measure(p, tcfg, args.reps, trace_root=args.trace_dir)
         print(json.dumps({k: r[k] for k in ("preset", "tokens_per_s", "mfu", "peak_bytes")}), flush=True)
         print("  profile:", json.dumps(r["profile"]["fraction"]), flush=True)
         out["throughput"].append(r)

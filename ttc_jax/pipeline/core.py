@@ -152,8 +152,10 @@ class Pipeline:
         return [self.codec.decode(r) for r in t], [bool(v) for v in f]
 
     def _score(self, prompt: str, s, ledger: LG.FlopLedger, phase: str) -> np.ndarray:
-        """Step scores [n, L] and mask of the samples (PRM), logged."""
-        scores, mask = self.scorer.score_pool(np.asarray(s.tokens), [prompt])
+        """Step scores [n, L] and mask of the samples (PRM), logged. The pool is cut to its longest sample
+        first: the PRM reads prompt + that many tokens, not the padded maximum."""
+        longest = max(1, int(np.asarray(s.lengths).max()))
+        scores, mask = self.scorer.score_pool(np.asarray(s.tokens)[..., :longest], [prompt])
         rows, L = scores.shape[1], scores.shape[2]
         ledger.add(phase, "prm", LG.prm_cost(self.prm.cfg, rows=rows, length=L), rows=rows, length=L)
         return scores[0], mask[0]
