@@ -10,8 +10,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from ttc_jax.nn.config import get_config
-from ttc_jax.scaling.allocate import (AdaptationGain, adaptation_step_flops, allocate, optimal_steps, sample_flops,
-                                      ttt_adapt_flops)
+from ttc_jax.scaling.allocate import (AdaptationGain, adaptation_step_flops, allocate, fit_adaptation_gain,
+                                      optimal_steps, sample_flops, ttt_adapt_flops)
 from ttc_jax.scaling.flops import forward_flops, training_flops
 
 
@@ -114,3 +114,37 @@ def test_bad_allocation_inputs(kwargs, match):
 def test_bad_gain(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdaptationGain(**{**dict(h0=0.1, s0=1.0, beta=0.5), **kwargs})
+
+
+def test_fit_adaptation_gain_recovers_noiseless_curves():
+    steps = [0, 1, 2, 4, 8, 16, 32, 64]
+    for true in (AdaptationGain(0.2, 2.0, 0.5), AdaptationGain(0.05, 0.5, 0.8)):
+        fit = fit_adaptation_gain(steps, [true.success(s) for s in steps], num_questions=200)
+        np.testing.assert_allclose([fit.h0, fit.s0, fit.beta], [true.h0, true.s0, true.beta], rtol=1e-4)
+
+
+def test_fit_adaptation_gain_flat_decreasing_and_zero_curves():
+    from ttc_jax.scaling.allocate import FIT_BETA_BOUNDS, FIT_H0_BOUNDS
+    flat = fit_adaptation_gain([0, 1, 2, 4], [0.3] * 4)  # adaptation does not help: constant hazard, no steps
+    assert flat.beta == FIT_BETA_BOUNDS[0] and flat.success(0) == pytest.approx(0.3, abs=1e-3)
+    assert allocate(100.0, sample_flops=10.0, step_flops=1.0, gain=flat).steps == 0
+    down = fit_adaptation_gain([0, 1, 2, 4], [0.3, 0.25, 0.2, 0.1], num_questions=[10, 10, 10, 10])
+    assert down.beta == FIT_BETA_BOUNDS[0] and down.success(0) == pytest.approx(0.2125, abs=2e-3)  # the mean
+    zero = fit_adaptation_gain([0, 2, 8], [0.0, 0.0, 0.0])
+    assert zero.h0 == pytest.approx(FIT_H0_BOUNDS[0]) and zero.beta == FIT_BETA_BOUNDS[0]
+
+
+@pytest.mark.parametrize("args,match", [
+    (([0, 1], [0.1, 0.2]), "2 points; expected at least 3"),
+    (([0, 1, 2], [0.1, 0.2]), "steps has 3 values and success 2"),
+    (([0, 2, 2], [0.1, 0.2, 0.3]), r"steps=\[0.0, 2.0, 2.0\]; expected finite values >= 0, strictly increasing"),
+    (([-1, 2, 3], [0.1, 0.2, 0.3]), "steps="),
+    (([0, 1, 2], [0.1, 1.0, 0.3]), r"success=\[0.1, 1.0, 0.3\]; expected values in \[0, 1\)"),
+    (([0, 1, 2], [0.1, -0.1, 0.3]), "success="),
+    (([0, 1, 2], [0.1, 0.2, 0.3], [1, 2]), "num_questions=\\[1, 2\\]"),
+    (([0, 1, 2], [0.1, 0.2, 0.3], 0), "num_questions=0"),
+    (([[0, 1, 2]], [0.1, 0.2, 0.3]), "steps has shape"),
+])
+def test_fit_adaptation_gain_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        fit_adaptation_gain(*args)

@@ -160,3 +160,78 @@ def sample_flops(cfg: Any, prompt_len: int, sample_len: int, *, prm_cfg: Any = N
     if prm_cfg is not None:
         cost += prm_flops(prm_cfg, prompt_len, 1, sample_len).total
     return float(cost)
+
+
+# bounds of the fit; beta stays inside AdaptationGain's open interval (0, 1)
+FIT_BETA_BOUNDS = (1e-4, 1.0 - 1e-4)
+FIT_H0_BOUNDS = (1e-9, 1e3)
+
+
+def fit_adaptation_gain(steps, success, num_questions=None) -> AdaptationGain:
+    """Maximum-likelihood AdaptationGain from measured per-sample success at several step counts.
+
+    steps: >= 3 strictly increasing step counts >= 0; success: the per-sample success rate at each, in
+    [0, 1); num_questions: the number of samples behind each rate (an int or one per point; None: equal
+    weights). Maximises the binomial log-likelihood sum n_i [p_i log(1 - exp(-h(s_i))) - (1 - p_i) h(s_i)]
+    over (h0, s0, beta) with beta in FIT_BETA_BOUNDS and h0 in FIT_H0_BOUNDS (multi-start L-BFGS-B in
+    (log h0, log s0, beta)). Noiseless data of the family are recovered. The family is non-decreasing in
+    s: a flat or decreasing curve (adaptation does not help, or hurts) gives beta at its lower bound
+    1e-4 (a constant hazard at about the curve's weighted mean, for which `allocate` picks no
+    adaptation); a curve rising faster than any beta < 1 allows gives beta at the upper bound. All-zero
+    success gives h0 at its lower bound 1e-9.
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    def _vector(name, value):
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r}; expected a sequence of numbers") from None
+        if arr.ndim != 1:
+            raise ValueError(f"{name} has shape {arr.shape}; expected a 1-D sequence")
+        return arr
+
+    s, p = _vector("steps", steps), _vector("success", success)
+    if len(s) != len(p):
+        raise ValueError(f"steps has {len(s)} values and success {len(p)}; expected equal lengths")
+    if len(s) < 3:
+        raise ValueError(f"{len(s)} points; expected at least 3 (step count, success) pairs for 3 parameters")
+    if not np.isfinite(s).all() or (s < 0).any() or (np.diff(s) <= 0).any():
+        raise ValueError(f"steps={s.tolist()}; expected finite values >= 0, strictly increasing")
+    if not np.isfinite(p).all() or (p < 0).any() or (p >= 1).any():
+        raise ValueError(f"success={p.tolist()}; expected values in [0, 1) (success 1 is an infinite hazard)")
+    if num_questions is None:
+        n = np.ones_like(p)
+    else:
+        n = np.broadcast_to(_vector("num_questions", np.atleast_1d(num_questions)), p.shape) \
+            if np.ndim(num_questions) <= 1 and np.size(num_questions) in (1, len(p)) else None
+        if n is None or not np.isfinite(n).all() or (n <= 0).any():
+            raise ValueError(f"num_questions={num_questions!r}; expected None, a number > 0 or {len(p)} of them")
+    n = n / n.sum()
+    s_hi = max(float(s.max()), 1.0)
+    lo = [math.log(FIT_H0_BOUNDS[0]), math.log(s_hi * 1e-4), FIT_BETA_BOUNDS[0]]
+    hi = [math.log(FIT_H0_BOUNDS[1]), math.log(s_hi * 1e4), FIT_BETA_BOUNDS[1]]
+
+    def nll(theta):  # and its gradient
+        log_h0, log_s0, beta = theta
+        u = s / math.exp(log_s0)
+        log1p_u = np.log1p(u)
+        h = np.exp(log_h0 + beta * log1p_u)
+        log_q = np.log(np.maximum(-np.expm1(-h), 1e-300))
+        dh = n * (1.0 - p - p / np.maximum(np.expm1(np.minimum(h, 700.0)), 1e-300)) * h  # d nll / d log h
+        grad = [dh.sum(), -(dh * beta * u / (1.0 + u)).sum(), (dh * log1p_u).sum()]
+        return float(np.sum(n * (-p * log_q + (1.0 - p) * h))), np.asarray(grad)
+
+    p_first = max(float(p[0]), 1e-6)
+    best = None
+    for s0 in (s_hi / 100, s_hi / 10, s_hi):
+        for beta in (0.5,):
+            x0 = [math.log(max(-math.log1p(-p_first), 1e-6)), math.log(s0), beta]
+            r = minimize(nll, x0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
+                         options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000})
+            if best is None or r.fun < best.fun:
+                best = r
+    log_h0, log_s0, beta = best.x
+    return AdaptationGain(float(math.exp(log_h0)), float(math.exp(log_s0)),
+                          float(min(max(beta, FIT_BETA_BOUNDS[0]), FIT_BETA_BOUNDS[1])))
