@@ -25,6 +25,10 @@ def test_shipped_arith_models_are_small_and_documented():
         for needed in ("steps", "Reproduce", "AUROC" if name != "arith-policy" else "validation loss"):
             assert needed in card, (name, needed)
     assert "ttc train --config tiny-transformer" in (checkpoints_dir() / "arith-policy" / "README.md").read_text()
+    for kind in ("prm", "orm"):  # trained by ttc train's reward objective, exported by ttc export
+        card = (checkpoints_dir() / f"arith-{kind}" / "README.md").read_text()
+        assert "ttc train --config arith-policy" in card and f"--objective {kind}" in card, kind
+        assert f"ttc export {kind}_run checkpoints/arith-{kind}" in card, kind
 
 
 def test_policy_solves_easy_heldout_problems_greedily():

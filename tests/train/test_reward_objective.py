@@ -123,6 +123,11 @@ def test_export_loads_as_a_reward_model_with_the_same_scores_and_validation_bce(
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_eval_of_a_reward_run_points_to_its_metrics(full_run, capsys):
+    assert cli.main(["eval", "--workdir", full_run]) == 2
+    assert "is a reward-model run (objective 'prm')" in capsys.readouterr().err
+
+
 def test_orm_labels_sit_at_the_last_token_and_come_from_the_outcome(data):
     from ttc_jax.search.training import reward_batch
     from ttc_jax.train.reward import as_example

@@ -71,6 +71,9 @@ def evaluate_checkpoint(workdir: str | None = None, checkpoint: str | None = Non
     (or `data_dir`'s)."""
     mcfg, tcfg, name, graphdef, state, step, mesh = load_run(workdir, checkpoint, step=step, preset=preset,
                                                              overrides=overrides)
+    if tcfg.objective != "lm":
+        raise ValueError(f"{_locate(workdir, checkpoint)[0]!r} is a reward-model run (objective {tcfg.objective!r}); "
+                         "its validation BCE and AUROC are in metrics.jsonl (every eval_every steps)")
     if data_dir:
         tcfg = tcfg.replace(data_dir=data_dir)
     data = TR.resolve_data_dir(tcfg)

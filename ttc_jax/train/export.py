@@ -48,7 +48,7 @@ def _data_rows(tcfg: C.TrainConfig, step_data) -> str:
 
 
 def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_params: int, *,
-               step_data=None, note: str = "", dst: str = "DST") -> str:
+               step_data=None, final: dict | None = None, note: str = "", dst: str = "DST") -> str:
     """Markdown card of the run in `workdir` at `step`."""
     rows = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     calls = _read_jsonl(os.path.join(workdir, "invocations.jsonl"))
@@ -62,7 +62,7 @@ def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_
         head = ("step scores at every step separator ('\\n'), trained with binary cross-entropy on per-step labels"
                 if tcfg.objective == "prm" else
                 "one score at the completion's last token, trained with binary cross-entropy on final correctness")
-        intro = (f"A {'process' if tcfg.objective == 'prm' else 'outcome'} reward model "
+        intro = (f"{'A process' if tcfg.objective == 'prm' else 'An outcome'} reward model "
                  f"(`ttc_jax.nn.prm.RewardModel`, kind \"{tcfg.objective}\"): a sigmoid value head on a HybridLM "
                  f"backbone ({arch}; {n_params:,} parameters)"
                  f"{f', initialised from `{tcfg.init}`' if tcfg.init else ''}; {head}. Trained by `ttc train "
@@ -81,7 +81,7 @@ def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_
         f"| steps | {step} optimizer steps x {tcfg.batch_size} sequences x {tcfg.seq_len} tokens; AdamW lr {tcfg.lr}, "
         f"{tcfg.warmup_steps} warmup steps, cosine to {tcfg.end_lr} at step {tcfg.decay_steps or tcfg.steps}, "
         f"weight decay {tcfg.weight_decay}, clip {tcfg.clip_norm}, seed {tcfg.seed}"
-        f"{f' (stopped at step {step} of {tcfg.steps})' if step < tcfg.steps else ''} |",
+        f"{f' (the checkpoint at step {step} of the {tcfg.steps}-step schedule)' if step < tcfg.steps else ''} |",
         f"| training {'BCE' if reward else 'loss'} | {_fmt(float(np.mean(recent)) if recent else None)} "
         f"(mean of the last {len(recent)} logged steps) |",
     ]
@@ -91,20 +91,27 @@ def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_
                      + (f" (reference/corrupted: BCE {_fmt(r['val_synthetic_bce'])}, AUROC "
                         f"{_fmt(r.get('val_synthetic_auroc'), 3)})" if "val_synthetic_bce" in r else "")
                      for r in val_rows]
-            last = val_rows[-1]
-            table.append(f"| validation (final) | BCE {_fmt(last['val_loss'])}, {'step' if tcfg.objective == 'prm' else 'outcome'} "
-                         f"AUROC {_fmt(last.get('val_auroc'), 3)} over {last.get('val_positions', '?')} labelled "
-                         f"positions |")
-            table.append(f"| validation (all) | {'; '.join(cells)} |")
+            table.append(f"| validation during training | {'; '.join(cells)} |")
         else:
             vals = ", ".join(f"{r['val_loss']:.4f} (step {r['step']})" for r in val_rows)
             table.append(f"| validation loss | {vals} |")
+    if final:
+        unit = "step" if tcfg.objective == "prm" else "outcome"
+        v, syn = final["validation"], final.get("synthetic")
+        table.append(f"| validation, these weights (step {step}) | BCE {_fmt(v['bce'])}, {unit} AUROC "
+                     f"{_fmt(v['auroc'], 3)} over all {v['n']} labelled positions ({v['positive']:.2f} positive; "
+                     f"mean score {_fmt(v['mean_score_positive'], 3)} right vs {_fmt(v['mean_score_negative'], 3)} "
+                     f"wrong)" + (f"; on the validation prompts' reference / corrupted solutions: BCE "
+                                  f"{_fmt(syn['bce'])}, AUROC {_fmt(syn['auroc'], 3)} ({syn['n']} positions)"
+                                  if syn else "") + " |")
     if tps:
         table.append(f"| training tokens/s | {np.median(tps):.0f} (median of the logged windows, padded positions "
                      f"included) |")
     if calls:
+        caps = "; ".join(f"stopped by signal {c['stopped']} at step {c['step']} (a time cap: checkpoint saved)"
+                         for c in stopped if c["stopped"] != "stop_after")
         table.append(f"| wall time | {sum(c.get('wall_s', 0) for c in calls) / 60:.1f} min over {len(calls)} "
-                     f"invocation(s){f' ({len(stopped)} stopped by a signal and resumed)' if stopped else ''} |")
+                     f"invocation(s) on the machine that trained it{f'; {caps}' if caps else ''} |")
     cmds, seen = [], set()
     for c in calls:
         if c.get("command") and c["command"] not in seen:
@@ -114,7 +121,7 @@ def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_
             f"rm = load_reward_pretrained(\"{name}\")   # rm(tokens) -> scores in (0, 1) at every position"
             if reward else f"import ttc_jax\nmodel, config = ttc_jax.from_pretrained(\"{name}\")")
     wd = next((c["workdir"] for c in reversed(calls) if c.get("workdir")), os.path.basename(workdir.rstrip("/")))
-    repro = "\n".join(cmds + [f"ttc export {wd} {dst} --overwrite"])
+    repro = "\n".join(cmds + [f"ttc export {wd} {dst} --step {step} --overwrite"])
     return f"""# {name}
 
 {intro}
@@ -156,7 +163,14 @@ def export_workdir(workdir: str, dst: str, *, step: int | None = None, name: str
         card = model_card(name, os.path.abspath(workdir), mcfg, tcfg, step, n_params, note=note, dst=dst_given)
         return save_pretrained(model, mcfg, dst, card=card, tokenizer="byte", metadata=meta, overwrite=overwrite)
     from ttc_jax.search.checkpoint import save_reward_pretrained
-    from ttc_jax.train.reward import StepData
-    card = model_card(name, os.path.abspath(workdir), mcfg, tcfg, step, n_params, step_data=StepData(tcfg),
+    from ttc_jax.train.reward import StepData, evaluate_reward, make_score_fn
+    data = StepData(tcfg)
+    score = jax.jit(make_score_fn(graphdef))
+    kw = dict(kind=tcfg.objective, seq_len=tcfg.seq_len, batch_size=tcfg.micro_batch_size)
+    final = {"validation": evaluate_reward(score, state["params"], data.val, **kw)}
+    if data.val_synthetic:
+        final["synthetic"] = evaluate_reward(score, state["params"], data.val_synthetic, **kw)
+    meta["heldout"] = final
+    card = model_card(name, os.path.abspath(workdir), mcfg, tcfg, step, n_params, step_data=data, final=final,
                       note=note, dst=dst_given)
     return save_reward_pretrained(model, dst, card=card, metadata=meta, overwrite=overwrite)
