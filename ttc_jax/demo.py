@@ -37,18 +37,16 @@ def _ints(name: str, text: str) -> list[int]:
 def best_of_n(policy_name: str, prm_name: str, *, levels: list[str], problems: int, ns: list[int], seed: int,
               progress=lambda s: None) -> dict:
     """Accuracy by strategy and N on held-out problems of each level (the `ttc best-of-n` results layout)."""
-    from ttc_jax.search import checkpoint
     from ttc_jax.search.evaluate import FORMAT, evaluate_level
     from ttc_jax.search.lm import Policy, RewardScorer, TextCodec
+    from ttc_jax.search.loading import load_policy_and_rewards
     from ttc_jax.tasks import arithmetic as A
 
     for lv in levels:
         if lv not in A.LEVELS:
             raise ValueError(f"--levels has {lv!r}; expected some of {list(A.LEVELS)}")
     codec = TextCodec(A.SEP, A.EOS, A.PAD)
-    policy_model = checkpoint.load_policy(policy_name)
-    rm = checkpoint.load_reward(prm_name)
-    rm.check_policy(policy_model.cfg, A.SEP)
+    policy_model, rm, _ = load_policy_and_rewards(policy_name, prm_name, vocab_size=A.VOCAB_SIZE, separator=A.SEP)
     policy, prm = Policy(policy_model, codec), RewardScorer(rm, codec)
     rng = np.random.default_rng(seed)
     results = {"format": FORMAT, "task": "arithmetic", "ns": ns, "strategies": list(STRATEGIES),
@@ -75,8 +73,10 @@ def heldout_code(prompt_bytes: int, seed: int = 0) -> tuple[str, str]:
     """(name, prompt) from a validation-split stdlib file (the split `ttc data prepare` makes by default): the
     `prompt_bytes` that end with the file's first `def` line past that many bytes, so a function body follows."""
     from ttc_jax.data.corpus import documents, read_text_file, resolve_source, split_documents
+    from ttc_jax.data.prepare import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION
 
-    docs = split_documents(documents(resolve_source(None)), val_fraction=0.05, seed=0, heldout_tests=True)
+    docs = split_documents(documents(resolve_source(None)), val_fraction=DEFAULT_VAL_FRACTION, seed=DEFAULT_SPLIT_SEED,
+                           heldout_tests=True)
     val = sorted(docs["validation"], key=lambda d: d.id)
     for i in np.random.default_rng(seed).permutation(len(val)):
         text, bad = read_text_file(val[i].path)
@@ -122,18 +122,12 @@ def plot(results: dict, code: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ttc_jax.search.plots import draw_accuracy
+
     levels = list(results["levels"])
     fig, axes = plt.subplots(1, len(levels) + 1, figsize=(4.5 * (len(levels) + 1), 3.8), squeeze=False)
     for ax, lv in zip(axes[0], levels):
-        r = results["levels"][lv]
-        for name, acc in r["accuracy"].items():
-            ns = sorted(int(n) for n in acc)
-            ax.plot(ns, [acc[str(n)] for n in ns], "--" if name == "oracle" else "-o", label=name, ms=3)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("N (samples)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"arithmetic {lv} ({r['num_problems']} problems)")
-        ax.grid(alpha=0.3)
+        draw_accuracy(ax, results["levels"][lv], f"arithmetic {lv}")
         ax.legend(fontsize=7)
     ax = axes[0][-1]
     inner = np.asarray(code["inner_loss_before"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ttc_jax.data.prepare import prepare_corpus
+from ttc_jax.data.prepare import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, prepare_corpus
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "text files, or .jsonl file(s)")
     prep.add_argument("--out", required=True, help="output folder (created atomically)")
     prep.add_argument("--tokenizer", default="byte", help="'byte' (vocab 256) or a path to a tokenizer.json")
-    prep.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents for validation")
-    prep.add_argument("--seed", type=int, default=0, help="seed of the train/validation split")
+    prep.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION, help="fraction of documents for validation")
+    prep.add_argument("--seed", type=int, default=DEFAULT_SPLIT_SEED, help="seed of the train/validation split")
     prep.add_argument("--text-field", default="text", help="JSONL field holding the text")
     tests = prep.add_mutually_exclusive_group()
     tests.add_argument("--heldout-tests", dest="heldout_tests", action="store_true", default=None,

@@ -94,8 +94,14 @@ class _SplitWriter:
         return info
 
 
+# the split `ttc data prepare` makes by default (the shipped stdlib model was trained on its train split)
+DEFAULT_VAL_FRACTION = 0.05
+DEFAULT_SPLIT_SEED = 0
+
+
 def prepare_corpus(source: str | os.PathLike | None, out_dir: str | os.PathLike, *, tokenizer="byte",
-                   val_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
+                   val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = DEFAULT_SPLIT_SEED,
+                   text_field: str = "text",
                    heldout_tests: bool | None = None, progress: bool = False) -> dict:
     """Tokenize `source` into `out_dir` (atomically) and return the manifest (also out_dir/manifest.json).
 

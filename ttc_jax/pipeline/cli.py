@@ -66,16 +66,12 @@ def build(args):
 
     from ttc_jax.pipeline.core import Pipeline, PipelineConfig
     from ttc_jax.scaling.curves import curves_from_dict
-    from ttc_jax.search import checkpoint
     from ttc_jax.search.lm import TextCodec
+    from ttc_jax.search.loading import load_policy_and_rewards
 
     with open(args.curves) as f:
         curves = curves_from_dict(json.load(f))
-    policy = checkpoint.load_policy(args.policy)
-    if policy.cfg.vocab_size != A.VOCAB_SIZE:
-        raise ValueError(f"policy vocab_size={policy.cfg.vocab_size}; the arithmetic task is byte-level "
-                         f"(expected {A.VOCAB_SIZE})")
-    prm = checkpoint.load_reward(args.prm) if args.prm else None
+    policy, prm, _ = load_policy_and_rewards(args.policy, args.prm, vocab_size=A.VOCAB_SIZE, separator=A.SEP)
     gains = _gains(args.gains) if args.gains else None
     cfg = PipelineConfig(probe_n=args.probe_n, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     pipe = Pipeline(policy, TextCodec(A.SEP, A.EOS, A.PAD), lambda t: A.normalise_answer(A.final_answer(t)), curves,

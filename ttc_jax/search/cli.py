@@ -75,9 +75,10 @@ def curves_dict(results: dict, policy_cfg, prm_cfg=None, orm_cfg=None) -> dict:
 
 
 def run(args) -> int:
-    from ttc_jax.search import checkpoint, plots
+    from ttc_jax.search import plots
     from ttc_jax.search.evaluate import FORMAT, check_ns, evaluate_level
     from ttc_jax.search.lm import Policy, RewardScorer, TextCodec
+    from ttc_jax.search.loading import load_policy_and_rewards
 
     ns = check_ns(_ints("--n", args.n))
     search_ns = check_ns(_ints("--search-n", args.search_n))
@@ -96,19 +97,10 @@ def run(args) -> int:
         for n in search_ns:
             check_width(n, args.width)
     codec = TextCodec(A.SEP, A.EOS, A.PAD)
-    policy_model = checkpoint.load_policy(args.policy)
-    if policy_model.cfg.vocab_size != A.VOCAB_SIZE:
-        raise ValueError(f"policy vocab_size={policy_model.cfg.vocab_size}; the arithmetic task is byte-level "
-                         f"(expected {A.VOCAB_SIZE})")
-    prm = orm = None
-    if args.prm:
-        rm = checkpoint.load_reward(args.prm)
-        rm.check_policy(policy_model.cfg, A.SEP)
-        prm = RewardScorer(rm, codec)
-    if args.orm:
-        rm = checkpoint.load_reward(args.orm)
-        rm.check_policy(policy_model.cfg, A.SEP)
-        orm = RewardScorer(rm, codec)
+    policy_model, prm_rm, orm_rm = load_policy_and_rewards(args.policy, args.prm, args.orm,
+                                                           vocab_size=A.VOCAB_SIZE, separator=A.SEP)
+    prm = RewardScorer(prm_rm, codec) if prm_rm is not None else None
+    orm = RewardScorer(orm_rm, codec) if orm_rm is not None else None
     if prm is None:
         strategies = [s for s in strategies if "prm" not in s and s not in SEARCH_STRATEGIES]
     if orm is None:

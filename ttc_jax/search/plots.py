@@ -10,19 +10,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def draw_accuracy(ax, level: dict, title: str) -> None:
+    """One level's accuracy against N per strategy on `ax` (a results dict's results["levels"][lv])."""
+    for name, d in level["accuracy"].items():
+        ns = sorted(int(n) for n in d)
+        style = "--" if name == "oracle" else ("-s" if name in ("beam_search", "dvts") else "-o")
+        ax.plot(ns, [d[str(n)] for n in ns], style, label=name, ms=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (samples / beams)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} ({level['num_problems']} problems)")
+    ax.grid(alpha=0.3)
+
+
 def accuracy_vs_n(results: dict, path: str) -> None:
     levels = list(results["levels"])
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False)
     for ax, lv in zip(axes[0], levels):
-        for name, d in results["levels"][lv]["accuracy"].items():
-            ns = sorted(int(n) for n in d)
-            style = "--" if name == "oracle" else ("-s" if name in ("beam_search", "dvts") else "-o")
-            ax.plot(ns, [d[str(n)] for n in ns], style, label=name, ms=3)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("N (samples / beams)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{lv} ({results['levels'][lv]['num_problems']} problems)")
-        ax.grid(alpha=0.3)
+        draw_accuracy(ax, results["levels"][lv], lv)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
