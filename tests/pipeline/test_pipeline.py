@@ -96,3 +96,20 @@ def test_adapted_path_ledger_matches_xla(pipe):
     assert sol.ledger.by_component()["adaptation"] > 0
     assert sol.ledger.total <= 3e9
     _check_against_xla(sol, pipe)
+
+
+def test_average_budget_plan_spends_more_where_the_curves_gain(pipe):
+    """plan_average: the probe always paid (N >= probe_n), the average within budget, the expected accuracy
+    at least that of one N for all bins at the same average; solve follows the query's bin allocation."""
+    k = pipe.config.probe_n
+    cheap, rich = pipe.pool_cost(PROMPT, "majority", 2), pipe.pool_cost(PROMPT, "majority", 4)
+    plan = pipe.plan_average((cheap + rich) / 2, PROMPT)
+    alloc = {a.bin: a for a in plan.allocations}
+    assert all(a.option.n >= k for a in plan.allocations)
+    assert plan.cost <= (cheap + rich) / 2 * (1 + 1e-9)
+    uniform = np.mean([CURVES.strategies["majority"].curves[b].accuracy[1] for b in ("easy", "hard")])
+    assert plan.accuracy >= uniform - 1e-9
+    sol = pipe.solve(PROMPT, float("inf"), key=jax.random.key(3), plan=plan)
+    a = alloc[sol.bin]
+    assert (sol.choice.strategy, sol.choice.n) in {(a.option.strategy, a.option.n)} | (
+        {(a.mix.strategy, a.mix.n)} if a.mix is not None else set())

@@ -29,9 +29,11 @@ from ttc_jax.generate import sample
 from ttc_jax.nn.model import HybridLM
 from ttc_jax.nn.prm import RewardModel, aggregate
 from ttc_jax.pipeline import ledger as LG
-from ttc_jax.pipeline.plan import Choice, DifficultyBins, choose_adapted, choose_pool, needs_prm, rule_at
+from ttc_jax.pipeline.plan import EXECUTABLE, Choice, DifficultyBins, choose_adapted, choose_pool, needs_prm, rule_at
 from ttc_jax.scaling.allocate import AdaptationGain
-from ttc_jax.scaling.curves import CurveSet
+from ttc_jax.scaling.curves import Curve, CurveSet, Strategy
+from ttc_jax.scaling.flops import AffineCost
+from ttc_jax.scaling.planner import Plan, plan_budget
 from ttc_jax.search import selection as SEL
 from ttc_jax.search.lm import RewardScorer, TextCodec
 
@@ -130,6 +132,33 @@ class Pipeline:
 
     # -- execution --------------------------------------------------------------------------------
 
+    def plan_average(self, average_budget: float, prompt: str) -> Plan:
+        """Per-bin (rule, N) spending `average_budget` FLOPs per query on average over the curves' bin shares
+        (`ttc_jax.scaling.planner.plan_budget` on this pipeline's own costs for a prompt like `prompt`: the
+        probe always paid, its samples reused, N >= probe_n). Pass it to `solve(..., plan=...)`: easy bins
+        then get less than the average and hard ones more, where the curves say it helps."""
+        k = self.config.probe_n
+        strategies = {}
+        for name, strat in self.curves.strategies.items():
+            if name not in EXECUTABLE or (needs_prm(name) and self.prm is None):
+                continue
+            per = self.sample_cost(prompt, 1) - LG.prefill_cost(self.policy.cfg, rows=1,
+                                                                 prompt_len=self._layout(prompt).shape[1],
+                                                                 cache_size=self._layout(prompt).shape[1]
+                                                                 + self.config.max_new_tokens)
+            per += self.score_cost(prompt, 1) if needs_prm(name) else 0.0
+            curves = {}
+            for b, c in strat.curves.items():
+                pts = [(n, a) for n, a in zip(c.n, c.accuracy) if n >= k]
+                if not pts:
+                    break
+                curves[b] = Curve(tuple(n for n, _ in pts), tuple(a for _, a in pts), c.num_questions)
+            else:
+                strategies[name] = Strategy(name, AffineCost(self.probe_cost(prompt) - k * per, per), curves)
+        if not strategies:
+            raise ValueError(f"no executable strategy has curve points at N >= probe_n={k}")
+        return plan_budget(CurveSet(self.curves.bins, strategies), _budget(average_budget))
+
     def _sample(self, prompt: str, n: int, key, ledger: LG.FlopLedger, phase: str):
         x = self._layout(prompt)
         M = self.config.max_new_tokens
@@ -189,10 +218,11 @@ class Pipeline:
         self.bins = DifficultyBins.calibrate(scores, self.curves.bins)
         return self.bins
 
-    def solve(self, prompt: str, budget: float, *, key, adapt_prefix=None) -> Solution:
+    def solve(self, prompt: str, budget: float, *, key, adapt_prefix=None, plan: Plan | None = None) -> Solution:
         """Answer one query within `budget` FLOPs (see the module docstring). adapt_prefix: token ids to
         adapt the policy on (e.g. solved examples of the query's format); used when the query's bin has
-        an `AdaptationGain`."""
+        an `AdaptationGain`. plan: from `plan_average`; the bin's planned (rule, N) instead of the best that
+        fits `budget` (which stays a cap; math.inf for none)."""
         budget = _budget(budget)
         cfg, k = self.config, self.config.probe_n
         one = self.sample_cost(prompt, 1)
@@ -204,7 +234,7 @@ class Pipeline:
             if adapt_prefix.ndim != 1 or adapt_prefix.shape[0] < 2:
                 raise ValueError(f"adapt_prefix has shape {adapt_prefix.shape}; expected >= 2 token ids [T]")
         ledger = LG.FlopLedger()
-        k_probe, k_main, k_adapt = jax.random.split(key, 3)
+        k_probe, k_main, k_adapt, k_mix = jax.random.split(key, 4)
 
         if budget < self.probe_cost(prompt):  # no room to probe: one sample, the prior's best bin rule
             s = self._sample(prompt, 1, k_probe, ledger, "main")
@@ -234,7 +264,15 @@ class Pipeline:
                                              difficulty)
 
         cost = lambda strategy, n: self.pool_cost(prompt, strategy, n)
-        choice = choose_pool(self.curves, bin_name, budget, cost, have_prm=have_prm)
+        choice = None
+        if plan is not None:  # the bin's planned option (or its mix, with the planned probability)
+            a = {x.bin: x for x in plan.allocations}[bin_name]
+            use_mix = a.mix is not None and float(jax.random.uniform(k_mix)) < a.mix_fraction
+            o = a.mix if use_mix else a.option
+            if cost(o.strategy, o.n) <= budget:
+                choice = Choice(o.strategy, o.n, 0, o.accuracy, cost(o.strategy, o.n))
+        if choice is None:
+            choice = choose_pool(self.curves, bin_name, budget, cost, have_prm=have_prm)
         if choice is None:  # nothing measured fits: select among the probes (already paid for)
             choice = Choice(rule_at(self.curves, bin_name, k, have_prm=have_prm), k, 0, float("nan"), ledger.total)
         if choice.n > k:
@@ -307,6 +345,6 @@ def _cat(a, b):
 
 def _budget(budget) -> float:
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(budget) or budget <= 0:
-        raise ValueError(f"budget={budget!r}; expected a finite number of FLOPs > 0")
+            or math.isnan(budget) or budget <= 0:
+        raise ValueError(f"budget={budget!r}; expected a number of FLOPs > 0 (math.inf: no cap)")
     return float(budget)
