@@ -95,7 +95,7 @@ def _train(args) -> int:
     s = train(args.config, args.workdir, steps=args.steps, overrides=args.overrides + _flag_overrides(args),
               progress=not args.no_progress)
     with open(os.path.join(s["workdir"], "invocations.jsonl"), "a") as f:  # for the model card (ttc export)
-        f.write(json.dumps({"command": train_command(args), "workdir": args.workdir,
+        f.write(json.dumps({"command": train_command(args), "workdir": args.workdir, "steps": args.steps,
                             "start_step": s["start_step"], "step": s["step"], "stopped": s.get("stopped"),
                             "wall_s": round(time.time() - t0, 1), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
                 + "\n")

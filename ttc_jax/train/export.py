@@ -56,6 +56,9 @@ def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_
     val_rows = [r for r in rows if "val_loss" in r and r["step"] <= step]
     tps = [r["tokens_per_s"] for r in train_rows if "tokens_per_s" in r]
     reward = tcfg.objective != "lm"
+    last_steps = next((c["steps"] for c in reversed(calls) if c.get("steps")), None)
+    if last_steps:  # config.json keeps the first invocation's --steps; the schedule follows the latest one
+        tcfg = tcfg.replace(steps=last_steps)
     arch = (f"{mcfg.n_layers} layers {list(mcfg.layer_pattern)}, d_model {mcfg.d_model}, {mcfg.n_heads} heads, "
             f"FFN {mcfg.ffn_dim}, vocab {mcfg.vocab_size}")
     if reward:
@@ -105,8 +108,8 @@ def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_
                                   f"{_fmt(syn['bce'])}, AUROC {_fmt(syn['auroc'], 3)} ({syn['n']} positions)"
                                   if syn else "") + " |")
     if tps:
-        table.append(f"| training tokens/s | {np.median(tps):.0f} (median of the logged windows, padded positions "
-                     f"included) |")
+        table.append(f"| training tokens/s | {np.median(tps):.0f} (median of the logged windows"
+                     f"{', padded positions included' if reward else ''}) |")
     if calls:
         caps = "; ".join(f"stopped by signal {c['stopped']} at step {c['step']} (a time cap: checkpoint saved)"
                          for c in stopped if c["stopped"] != "stop_after")
