@@ -157,6 +157,7 @@ GOOD = json.dumps({"prompt": "Q:1+2\n", "steps": ["1+2=3"], "labels": [1]})
     ("count", "bad.jsonl:1: 2 steps but 1 labels"),
     ("objective", "objective='value'; expected one of ['lm', 'prm', 'orm']"),
     ("no_data", "objective='prm' needs step_data"),
+    ("lm_data", "are read by objective prm or orm only"),
     ("missing", "no such file"),
     ("init", "--init='arith-policy' does not match --config='tiny-transformer': its d_model is 128"),
     ("init_name", "unknown model name='no-such-model'"),
@@ -171,6 +172,8 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, message, data, tmp
         train = _bad(tmp_path, [json.dumps({"prompt": "Q:1+2\n", "steps": ["1+2=3", "3"], "labels": [1]})])
     elif case == "objective":
         objective = "value"
+    elif case == "lm_data":
+        objective = "lm"
     elif case == "missing":
         train = str(tmp_path / "nope.jsonl")
     elif case == "init":

@@ -109,6 +109,9 @@ class TrainConfig:
             raise ValueError(f"objective={self.objective!r}; expected one of {list(OBJECTIVES)}")
         if self.objective != "lm" and not self.step_data:
             raise ValueError(f"objective={self.objective!r} needs step_data (--data): a step-labelled JSONL file")
+        if self.objective == "lm" and (self.step_data or self.val_data):
+            raise ValueError(f"step_data={self.step_data!r} / val_data={self.val_data!r} (--data / --val-data) are "
+                             "read by objective prm or orm only; the lm objective reads data_dir")
         if not 0.0 <= self.synthetic <= 1.0 or not 0.0 < self.val_fraction < 1.0 or self.max_left_pad < 0:
             raise ValueError(f"synthetic={self.synthetic!r}, val_fraction={self.val_fraction!r}, max_left_pad="
                              f"{self.max_left_pad!r}; expected 0 <= synthetic <= 1, 0 < val_fraction < 1, "

@@ -2,7 +2,9 @@
 
 Workdir layout: config.json (the run's model + training config; a workdir holding another run's
 config is refused), checkpoints/<step>/ (orbax), metrics.jsonl, tb/ (TensorBoard),
-loss_by_position.{json,png} (latest validation). Everything that can fail is checked before the
+loss_by_position.{json,png} (latest validation; LM runs), invocations.jsonl (`ttc train` commands, by the
+CLI). The objective "lm" trains a HybridLM on a prepared corpus; "prm" / "orm" a RewardModel on
+step-labelled JSONL (`ttc_jax.train.reward`), with the same loop. Everything that can fail is checked before the
 first write, so a run that fails to start overwrites nothing.
 """
 
