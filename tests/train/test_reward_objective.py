@@ -155,6 +155,7 @@ GOOD = json.dumps({"prompt": "Q:1+2\n", "steps": ["1+2=3"], "labels": [1]})
 @pytest.mark.parametrize("case,message", [
     ("malformed", "bad.jsonl:2: not JSON"),
     ("count", "bad.jsonl:1: 2 steps but 1 labels"),
+    ("outcome", "bad.jsonl:1: outcome 2; expected a number in [0, 1]"),
     ("objective", "objective='value'; expected one of ['lm', 'prm', 'orm']"),
     ("no_data", "objective='prm' needs step_data"),
     ("lm_data", "are read by objective prm or orm only"),
@@ -170,6 +171,8 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, message, data, tmp
         train = _bad(tmp_path, [GOOD, '{"prompt": "Q:1+2\\n", "steps": ["1+2=3"]'])
     elif case == "count":
         train = _bad(tmp_path, [json.dumps({"prompt": "Q:1+2\n", "steps": ["1+2=3", "3"], "labels": [1]})])
+    elif case == "outcome":
+        train = _bad(tmp_path, [json.dumps({"prompt": "Q:1+2\n", "steps": ["1+2=3"], "labels": [1], "outcome": 2})])
     elif case == "objective":
         objective = "value"
     elif case == "lm_data":
