@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from ttc_jax.adapt import sample_adapted, ttt_adapt_many
-from ttc_jax.generate import sample
+from ttc_jax.generate import prefill_prompts, sample
 from ttc_jax.nn.model import HybridLM
 from ttc_jax.nn.prm import RewardModel, aggregate
 from ttc_jax.pipeline import ledger as LG
@@ -99,14 +99,16 @@ class Pipeline:
         self.policy, self.codec, self.answer_fn, self.curves = policy, codec, answer_fn, curves
         self.prm, self.bins, self.gains, self.config = prm, bins, dict(gains or {}), config
         self.scorer = RewardScorer(prm, codec) if prm is not None else None
+        self.expected_steps: int | None = None  # set by calibrate
 
     # -- costs of the computations `solve` runs (upper bounds: every sample at full length) ----------
 
     def _layout(self, prompt: str) -> np.ndarray:
         return self.codec.right_aligned([self.codec.encode(prompt)])
 
-    def _prm_len(self, prompt: str) -> int:
-        return -(-(len(self.codec.encode(prompt)) + self.config.max_new_tokens + 1) // 16) * 16
+    def _prm_len(self, prompt: str, steps: int | None = None) -> int:
+        M = self.config.max_new_tokens if steps is None else steps
+        return -(-(len(self.codec.encode(prompt)) + M + 1) // 16) * 16
 
     def sample_cost(self, prompt: str, rows: int, *, copies: bool = False, steps: int | None = None) -> float:
         """Prefill (once, or once per row for adapted copies) + decoding `rows` samples."""
@@ -115,19 +117,24 @@ class Pipeline:
         return pre + LG.decode_cost(self.policy.cfg, rows=rows, steps=M if steps is None else steps, start=Lp,
                                     cache_size=Lp + M)
 
-    def score_cost(self, prompt: str, rows: int) -> float:
-        return LG.prm_cost(self.prm.cfg, rows=rows, length=self._prm_len(prompt)) if self.prm is not None else 0.0
+    def score_cost(self, prompt: str, rows: int, steps: int | None = None) -> float:
+        if self.prm is None:
+            return 0.0
+        return LG.prm_cost(self.prm.cfg, rows=rows, length=self._prm_len(prompt, steps))
 
-    def probe_cost(self, prompt: str) -> float:
-        return self.sample_cost(prompt, self.config.probe_n) + self.score_cost(prompt, self.config.probe_n)
+    def probe_cost(self, prompt: str, steps: int | None = None) -> float:
+        k = self.config.probe_n
+        return self.sample_cost(prompt, k, steps=steps) + self.score_cost(prompt, k, steps)
 
-    def pool_cost(self, prompt: str, strategy: str, n: int) -> float:
-        """Predicted FLOPs of the whole query for a pool of n candidates (probes included and reused)."""
+    def pool_cost(self, prompt: str, strategy: str, n: int, steps: int | None = None) -> float:
+        """FLOPs of the whole query for a pool of n candidates (the probes included and reused, one prefill
+        shared by all samples), with every sample at full length (steps None: an upper bound) or `steps`
+        decoding steps per call. Affine in n for n >= probe_n."""
         k = self.config.probe_n
         extra = max(0, n - k)
-        c = self.probe_cost(prompt) + (self.sample_cost(prompt, extra) if extra else 0.0)
+        c = self.sample_cost(prompt, k + extra, steps=steps) + self.score_cost(prompt, k, steps)
         if extra and needs_prm(strategy):
-            c += self.score_cost(prompt, extra)
+            c += self.score_cost(prompt, extra, steps)
         return c
 
     # -- execution --------------------------------------------------------------------------------
@@ -135,18 +142,17 @@ class Pipeline:
     def plan_average(self, average_budget: float, prompt: str) -> Plan:
         """Per-bin (rule, N) spending `average_budget` FLOPs per query on average over the curves' bin shares
         (`ttc_jax.scaling.planner.plan_budget` on this pipeline's own costs for a prompt like `prompt`: the
-        probe always paid, its samples reused, N >= probe_n). Pass it to `solve(..., plan=...)`: easy bins
-        then get less than the average and hard ones more, where the curves say it helps."""
+        probe always paid, its samples reused, N >= probe_n; decoding `expected_steps` steps per call, as
+        measured by `calibrate`, else max_new_tokens). Pass it to `solve(..., plan=...)`: each bin gets the
+        share of the average that buys the most accuracy by the curves."""
         k = self.config.probe_n
         strategies = {}
         for name, strat in self.curves.strategies.items():
             if name not in EXECUTABLE or (needs_prm(name) and self.prm is None):
                 continue
-            per = self.sample_cost(prompt, 1) - LG.prefill_cost(self.policy.cfg, rows=1,
-                                                                 prompt_len=self._layout(prompt).shape[1],
-                                                                 cache_size=self._layout(prompt).shape[1]
-                                                                 + self.config.max_new_tokens)
-            per += self.score_cost(prompt, 1) if needs_prm(name) else 0.0
+            steps = self.expected_steps
+            per = (self.pool_cost(prompt, name, k + 2, steps) - self.pool_cost(prompt, name, k + 1, steps))
+            fixed = self.pool_cost(prompt, name, k + 1, steps) - (k + 1) * per
             curves = {}
             for b, c in strat.curves.items():
                 pts = [(n, a) for n, a in zip(c.n, c.accuracy) if n >= k]
@@ -154,26 +160,37 @@ class Pipeline:
                     break
                 curves[b] = Curve(tuple(n for n, _ in pts), tuple(a for _, a in pts), c.num_questions)
             else:
-                strategies[name] = Strategy(name, AffineCost(self.probe_cost(prompt) - k * per, per), curves)
+                strategies[name] = Strategy(name, AffineCost(fixed, per), curves)
         if not strategies:
             raise ValueError(f"no executable strategy has curve points at N >= probe_n={k}")
         return plan_budget(CurveSet(self.curves.bins, strategies), _budget(average_budget))
 
-    def _sample(self, prompt: str, n: int, key, ledger: LG.FlopLedger, phase: str):
+    def _prefill(self, prompt: str, ledger: LG.FlopLedger, phase: str):
+        """The prompt's decoding state (cache for prompt + max_new_tokens), shared by every later sample."""
         x = self._layout(prompt)
-        M = self.config.max_new_tokens
-        s = sample(self.policy, x, n=n, max_new_tokens=M, rng=key, temperature=self.config.temperature,
-                   stop_tokens=(self.codec.eos,), pad_id=self.codec.pad, mesh=None)
-        self._log_sampling(ledger, phase, s, rows=n, prompt_len=x.shape[1], prefill_rows=1)
+        cache = x.shape[1] + self.config.max_new_tokens
+        state = prefill_prompts(self.policy, x, cache_size=cache)
+        self._log_prefill(ledger, phase, rows=1, prompt_len=x.shape[1])
+        return state
+
+    def _log_prefill(self, ledger, phase, *, rows, prompt_len):
+        cache = prompt_len + self.config.max_new_tokens
+        ledger.add(phase, "prefill", LG.prefill_cost(self.policy.cfg, rows=rows, prompt_len=prompt_len,
+                                                     cache_size=cache),
+                   rows=rows, prompt_len=prompt_len, cache_size=cache)
+
+    def _sample(self, state, n: int, key, ledger: LG.FlopLedger, phase: str):
+        s = sample(self.policy, n=n, max_new_tokens=self.config.max_new_tokens, rng=key,
+                   temperature=self.config.temperature, stop_tokens=(self.codec.eos,), pad_id=self.codec.pad,
+                   mesh=None, cache=state)
+        self._log_decode(ledger, phase, s, rows=n, prompt_len=int(np.asarray(state.pos)[0]))
         return s
 
-    def _log_sampling(self, ledger, phase, s, *, rows, prompt_len, prefill_rows):
-        M, cfg = self.config.max_new_tokens, self.policy.cfg
+    def _log_decode(self, ledger, phase, s, *, rows, prompt_len):
         steps = int(np.asarray(s.lengths).max())  # the batched loop runs until its longest row stops
-        cache = prompt_len + M
-        ledger.add(phase, "prefill", LG.prefill_cost(cfg, rows=prefill_rows, prompt_len=prompt_len, cache_size=cache),
-                   rows=prefill_rows, prompt_len=prompt_len, cache_size=cache)
-        ledger.add(phase, "decode", LG.decode_cost(cfg, rows=rows, steps=steps, start=prompt_len, cache_size=cache),
+        cache = prompt_len + self.config.max_new_tokens
+        ledger.add(phase, "decode", LG.decode_cost(self.policy.cfg, rows=rows, steps=steps, start=prompt_len,
+                                                   cache_size=cache),
                    rows=rows, steps=steps, start=prompt_len, cache_size=cache)
 
     def _texts(self, s) -> tuple[list[str], list[bool]]:
@@ -198,24 +215,31 @@ class Pipeline:
         return max(votes.count(a) for a in set(votes)) / len(answers)
 
     def _probe(self, prompt, key, ledger):
-        s = self._sample(prompt, self.config.probe_n, key, ledger, "probe")
+        state = self._prefill(prompt, ledger, "probe")
+        s = self._sample(state, self.config.probe_n, key, ledger, "probe")
         texts, fins = self._texts(s)
         answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
         scores = mask = None
         if self.prm is not None:
             scores, mask = self._score(prompt, s, ledger, "probe")
-        return texts, answers, scores, mask, self._difficulty(answers, scores, mask)
+        return texts, answers, scores, mask, self._difficulty(answers, scores, mask), state
 
     def difficulty(self, prompt: str, *, key) -> float:
         """The probe's difficulty score of a query (higher = easier)."""
-        return self._probe(prompt, key, LG.FlopLedger())[-1]
+        return self._probe(prompt, key, LG.FlopLedger())[4]
 
     def calibrate(self, prompts, *, key) -> DifficultyBins:
         """Difficulty bins whose thresholds put the curves' shares of `prompts` (queries like the ones to
         solve, not the evaluation queries) in each bin; also sets `self.bins`."""
         keys = jax.random.split(key, len(prompts))
-        scores = [self.difficulty(p, key=k) for p, k in zip(prompts, keys)]
+        scores, steps = [], []
+        for p, k in zip(prompts, keys):
+            ledger = LG.FlopLedger()
+            scores.append(self._probe(p, k, ledger)[4])
+            steps.append(next(e.spec["steps"] for e in ledger.entries if e.component == "decode"))
         self.bins = DifficultyBins.calibrate(scores, self.curves.bins)
+        # decoding steps a sampling call runs (its longest row), for plan_average's expected costs
+        self.expected_steps = max(1, int(np.ceil(np.percentile(steps, 90))))
         return self.bins
 
     def solve(self, prompt: str, budget: float, *, key, adapt_prefix=None, plan: Plan | None = None) -> Solution:
@@ -237,13 +261,14 @@ class Pipeline:
         k_probe, k_main, k_adapt, k_mix = jax.random.split(key, 4)
 
         if budget < self.probe_cost(prompt):  # no room to probe: one sample, the prior's best bin rule
-            s = self._sample(prompt, 1, k_probe, ledger, "main")
+            s = self._sample(self._prefill(prompt, ledger, "main"), 1, k_probe, ledger, "main")
             texts, fins = self._texts(s)
             answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
             choice = Choice("majority", 1, 0, float("nan"), one)
             return self._finish(answers, texts, None, choice, "", float("nan"), ledger)
 
-        texts, answers, scores, mask, difficulty = self._probe(prompt, k_probe, ledger)
+        # the prompt's prefilled state is shared by the probes and the main phase's samples
+        texts, answers, scores, mask, difficulty, state = self._probe(prompt, k_probe, ledger)
         bin_name = self.bins.bin_of(difficulty) if self.bins is not None else next(iter(self.curves.bins))
         have_prm = self.prm is not None
         rest = budget - ledger.total
@@ -276,7 +301,7 @@ class Pipeline:
         if choice is None:  # nothing measured fits: select among the probes (already paid for)
             choice = Choice(rule_at(self.curves, bin_name, k, have_prm=have_prm), k, 0, float("nan"), ledger.total)
         if choice.n > k:
-            s2 = self._sample(prompt, choice.n - k, k_main, ledger, "main")
+            s2 = self._sample(state, choice.n - k, k_main, ledger, "main")
             t2, f2 = self._texts(s2)
             texts, answers = texts + t2, answers + [self.answer_fn(t) if f else None for t, f in zip(t2, f2)]
             if needs_prm(choice.strategy):
@@ -296,7 +321,7 @@ class Pipeline:
         if needs_prm(strategy) and self.prm is None:
             raise ValueError(f"strategy={strategy!r} needs a PRM; the pipeline has none")
         ledger = LG.FlopLedger()
-        s = self._sample(prompt, n, key, ledger, "main")
+        s = self._sample(self._prefill(prompt, ledger, "main"), n, key, ledger, "main")
         texts, fins = self._texts(s)
         answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
         agg = None
@@ -316,7 +341,8 @@ class Pipeline:
         x = self._layout(prompt)
         s = sample_adapted(many, x, max_new_tokens=cfg.max_new_tokens, rng=k_main, temperature=cfg.temperature,
                            stop_tokens=(self.codec.eos,), pad_id=self.codec.pad)
-        self._log_sampling(ledger, "main", s, rows=choice.n, prompt_len=x.shape[1], prefill_rows=choice.n)
+        self._log_prefill(ledger, "main", rows=choice.n, prompt_len=x.shape[1])
+        self._log_decode(ledger, "main", s, rows=choice.n, prompt_len=x.shape[1])
         texts, fins = self._texts(s)
         answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
         agg = None
