@@ -64,8 +64,8 @@ def prompt_batch(fmt: StepFormat, problems) -> np.ndarray:
     return out
 
 
-def episode(model, fmt, demos, problems, *, steps, m, scope, lr, optimizer, rng):
-    """Per snapshot s: strict / lenient correctness [P, m], completion lengths, adaptation losses."""
+def episode(model, fmt, demos, problems, *, steps, m, m0, scope, lr, optimizer, rng):
+    """Per snapshot s: strict / lenient correctness [P, m] ([P, m0] at s = 0), completion lengths, losses."""
     L = round_up(max(len(fmt.prompt(q) + fmt.solution(q)) + 1 for q in demos))
     tok, mask = demo_batch(fmt, demos, L)
     x = prompt_batch(fmt, problems)
@@ -73,7 +73,7 @@ def episode(model, fmt, demos, problems, *, steps, m, scope, lr, optimizer, rng)
     for s in steps:
         r = ttt_adapt(model, tok, mask=mask, steps=s - done, lr=lr, scope=scope, optimizer=optimizer, state=state)
         state, done = r.state, s
-        smp = sample_adapted(r, x, n_per_copy=m, max_new_tokens=MAX_NEW, rng=jax.random.fold_in(rng, s),
+        smp = sample_adapted(r, x, n_per_copy=m0 if s == 0 else m, max_new_tokens=MAX_NEW, rng=jax.random.fold_in(rng, s),
                              temperature=1.0, stop_tokens=(A.EOS,), pad_id=A.PAD)
         toks = np.asarray(smp.tokens)
         texts = [[A.decode(t) for t in row] for row in toks]
@@ -121,39 +121,48 @@ def run(args):
     for scope, optimizer, lr in configs:
         lr = float(lr)
         key = f"{scope}:{optimizer}:{lr:g}"
-        results[key] = {}
-        for level in args.levels:
-            problems = A.heldout_problems(level, args.episodes * args.problems, split_seed)
-            runs = []
-            for e in range(args.episodes):
-                if time.time() - t0 > args.time_cap_min * 60:
-                    print(f"time cap reached at {key} {level} episode {e}", flush=True)
-                    break
+        problems = {lv: A.heldout_problems(lv, args.episodes * args.problems, split_seed) for lv in args.levels}
+        runs, lens = {lv: [] for lv in args.levels}, {lv: [] for lv in args.levels}
+        last = 0.0
+        for e in range(args.episodes):  # episodes outermost: a time cap cuts every level alike
+            if time.time() - t0 + last > args.time_cap_min * 60:  # the next episode would end past the cap
+                print(f"time cap: stopping {key} before episode {e}", flush=True)
+                break
+            t_ep = time.time()
+            for level in args.levels:
                 demos = A.sample_problems(50_000 + 97 * e + 1000 * split_seed + A_LEVEL[level], level, args.k)
-                part = problems[e * args.problems:(e + 1) * args.problems]
-                out, L = episode(model, fmt, demos, part, steps=args.steps, m=args.samples, scope=scope, lr=lr,
-                                 optimizer=optimizer, rng=jax.random.fold_in(rng, 1000 * e + A_LEVEL[level]))
-                runs.append(out)
+                part = problems[level][e * args.problems:(e + 1) * args.problems]
+                out, L = episode(model, fmt, demos, part, steps=args.steps, m=args.samples, m0=args.samples0,
+                                 scope=scope, lr=lr, optimizer=optimizer,
+                                 rng=jax.random.fold_in(rng, 1000 * e + A_LEVEL[level]))
+                runs[level].append(out)
+                lens[level].append(L)
                 print(f"{key} {level} ep {e}: " + " ".join(f"s={s}:{out[s]['strict'].mean():.3f}/"
                                                             f"{out[s]['lenient'].mean():.3f}" for s in args.steps)
                       + f" ({time.time() - t0:.0f}s) e.g. {out[args.steps[-1]]['example']!r}", flush=True)
-            if not runs:
+            last = time.time() - t_ep
+        results[key] = {}
+        for level in args.levels:
+            if not runs[level]:
                 continue
-            summ = summarise(runs, args.steps, args.ns)
+            summ = summarise(runs[level], args.steps, args.ns)
             c0 = sample_flops(cfg, PROMPT_LEN, max(1, round(summ[0]["length"])))
+            L = round(float(np.mean(lens[level])))  # demonstration rows' padded length, mean over episodes
             results[key][level] = {"curve": {str(s): v for s, v in summ.items()}, "demo_len": L,
                                    "sample_flops": c0,
                                    "adapt_flops": {str(s): ttt_adapt_flops(cfg, L, s, n_sequences=args.k)
                                                    for s in args.steps},
-                                   "episodes": len(runs)}
+                                   "episodes": len(runs[level])}
     return results, time.time() - t0
 
 
 A_LEVEL = {name: i for i, name in enumerate(A.LEVELS)}
 
 
-def matched(level_res, steps, ns):
-    """Accuracy vs FLOPs per query: for every (s, N) measured, majority@N after s steps at A(s) + N c0."""
+def matched(level_res, steps, ns, queries_per_episode=1):
+    """Accuracy vs FLOPs per query: for every (s, N) measured, majority@N after s steps at A(s) + N c0
+    (the demonstrations' adaptation charged to each query); also N (c0 + A(s)) (a copy per sample) and
+    A(s) / queries_per_episode + N c0 (one adaptation shared by an episode's queries)."""
     c0 = level_res["sample_flops"]
     pts = []
     for s in steps:
@@ -161,21 +170,28 @@ def matched(level_res, steps, ns):
         for n, acc in cur["majority"].items():
             pts.append({"steps": s, "n": int(n), "flops": level_res["adapt_flops"][str(s)] + int(n) * c0,
                         "flops_per_sample_copies": int(n) * (c0 + level_res["adapt_flops"][str(s)]),
+                        "flops_amortized": level_res["adapt_flops"][str(s)] / queries_per_episode + int(n) * c0,
                         "majority": acc, "majority_se": cur["majority_se"][n], "pass": cur["pass"][n]})
     return pts
 
 
 def fit_gains(level_runs, steps):
+    """Per level: the AdaptationGain fitted on the measured per-sample success up to the best step count
+    (at least the first 3 points; the family cannot fall, and past the peak adaptation over-fits the
+    demonstrations), with that best step count as the planner's max_steps."""
     gains = {}
     for level, r in level_runs.items():
         p = [r["curve"][str(s)]["p"] for s in steps]
         n = [r["curve"][str(s)]["problems"] * r["curve"][str(s)]["samples"] for s in steps]
+        best = int(np.argmax(p))
+        upto = max(best + 1, 3)
         try:
-            g = fit_adaptation_gain(steps, np.minimum(p, 1 - 1e-6), num_questions=n)
+            g = fit_adaptation_gain(steps[:upto], np.minimum(p[:upto], 1 - 1e-6), num_questions=n[:upto])
         except ValueError as err:
             gains[level] = {"error": str(err)}
             continue
-        gains[level] = {"h0": g.h0, "s0": g.s0, "beta": g.beta, "steps": list(steps), "success": p,
+        gains[level] = {"h0": g.h0, "s0": g.s0, "beta": g.beta, "max_steps": int(steps[best]),
+                        "fit_steps": list(steps[:upto]), "steps": list(steps), "success": p,
                         "fitted": [g.success(s) for s in steps], "samples_per_point": n,
                         "sample_flops": r["sample_flops"],
                         "step_flops": (r["adapt_flops"][str(steps[-1])] - r["adapt_flops"][str(steps[0])])
@@ -183,20 +199,24 @@ def fit_gains(level_runs, steps):
     return gains
 
 
-def plot(level_runs, steps, path):
+def plot(level_runs, steps, path, queries_per_episode):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     levels = list(level_runs)
     fig, axes = plt.subplots(1, len(levels) + 1, figsize=(4.2 * (len(levels) + 1), 3.6))
     for ax, level in zip(axes, levels):
-        pts = matched(level_runs[level], steps, [])
+        pts = matched(level_runs[level], steps, [], queries_per_episode)
         for s in steps:
             q = sorted((p for p in pts if p["steps"] == s), key=lambda p: p["flops"])
-            ax.errorbar([p["flops"] for p in q], [p["majority"] for p in q], yerr=[p["majority_se"] for p in q],
-                        marker="o", ms=3, capsize=2, label=f"s={s}" + (" (no adaptation)" if s == 0 else ""))
+            line = ax.errorbar([p["flops"] for p in q], [p["majority"] for p in q],
+                               yerr=[p["majority_se"] for p in q], marker="o", ms=3, capsize=2,
+                               label=f"s={s}" + (" (no adaptation)" if s == 0 else ""))
+            if s > 0:  # one adaptation shared by the episode's queries
+                ax.plot([p["flops_amortized"] for p in q], [p["majority"] for p in q], ls="--", lw=0.8, alpha=0.6,
+                        color=line.lines[0].get_color())
         ax.set_xscale("log")
-        ax.set_xlabel("FLOPs per query (adaptation + N samples)")
+        ax.set_xlabel("FLOPs per query: A(s) + N c0 (dashed: A(s) shared)")
         ax.set_ylabel("majority@N accuracy (strict)")
         ax.set_title(level)
         ax.grid(alpha=0.3)
@@ -221,17 +241,18 @@ def plot(level_runs, steps, path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policy", default="arith-policy")
-    ap.add_argument("--format", default="marker_numbered", choices=sorted(SHIFTED))
+    ap.add_argument("--format", default="marker", choices=sorted(SHIFTED))
     ap.add_argument("--levels", nargs="+", default=list(A.LEVELS), choices=list(A.LEVELS))
     ap.add_argument("--k", type=int, default=16, help="demonstrations per episode (the adaptation prefix)")
     ap.add_argument("--episodes", type=int, default=4, help="demonstration sets per level")
     ap.add_argument("--problems", type=int, default=32, help="test problems per episode")
     ap.add_argument("--samples", type=int, default=16, help="samples per problem and step count")
+    ap.add_argument("--samples0", type=int, default=64, help="samples per problem without adaptation (s = 0)")
     ap.add_argument("--steps", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16])
-    ap.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--scope", default="all")
     ap.add_argument("--optimizer", default="adam")
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--dev", action="store_true", help="sweep --dev-configs on the dev split (held-out seed 1)")
     ap.add_argument("--dev-configs", nargs="+", default=["all:adam:1e-4", "all:adam:3e-4", "all:adam:1e-3",
                                                           "lora:adam:3e-3", "norms:adam:1e-2"])
@@ -240,14 +261,23 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/adapt/format"))
     ap.add_argument("--smoke", action="store_true", help="tiny run (1 level, 1 episode, 4 problems)")
     ap.add_argument("--machine", default="")
+    ap.add_argument("--refit", default=None, help="a results.json to post-process again instead of running")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.levels, args.episodes, args.problems, args.samples, args.k = ["easy"], 1, 4, 2, 4
-        args.steps, args.ns = [0, 1, 2], [1, 2]
+        args.levels, args.episodes, args.problems, args.samples, args.samples0, args.k = ["easy"], 1, 4, 2, 4, 4
+        args.steps, args.ns = [0, 1, 2], [1, 2, 4]
         args.out = os.path.join(args.out, "smoke")
-    if sorted(set(args.steps)) != args.steps or args.steps[0] != 0:
-        ap.error("--steps must be increasing and start at 0")
-    results, wall = run(args)
+    if args.refit:  # post-process a finished run again (fit, matched points, plot)
+        with open(args.refit) as f:
+            old = json.load(f)
+        for k, v in old["args"].items():
+            if k not in ("refit", "out"):
+                setattr(args, k, v)
+        results, wall = old["results"], old["wall_s"]
+    else:
+        if sorted(set(args.steps)) != args.steps or args.steps[0] != 0:
+            ap.error("--steps must be increasing and start at 0")
+        results, wall = run(args)
     os.makedirs(args.out, exist_ok=True)
     name = "dev.json" if args.dev else "results.json"
     doc = {"format": FORMAT, "args": {k: v for k, v in vars(args).items()}, "wall_s": wall,
@@ -257,7 +287,7 @@ def main(argv=None):
            "results": results}
     if not args.dev:
         key = next(iter(results))
-        doc["matched"] = {lv: matched(r, args.steps, args.ns) for lv, r in results[key].items()}
+        doc["matched"] = {lv: matched(r, args.steps, args.ns, args.problems) for lv, r in results[key].items()}
         gains = fit_gains(results[key], args.steps)
         doc["gain"] = gains
         with open(os.path.join(args.out, "gain.json.tmp"), "w") as f:
@@ -265,7 +295,7 @@ def main(argv=None):
                        "policy": args.policy, "config": key, "k_demonstrations": args.k, "levels": gains}, f,
                       indent=1)
         os.replace(os.path.join(args.out, "gain.json.tmp"), os.path.join(args.out, "gain.json"))
-        plot(results[key], args.steps, os.path.join(args.out, "format.png"))
+        plot(results[key], args.steps, os.path.join(args.out, "format.png"), args.problems)
     with open(os.path.join(args.out, name + ".tmp"), "w") as f:
         json.dump(doc, f, indent=1, default=float)
     os.replace(os.path.join(args.out, name + ".tmp"), os.path.join(args.out, name))
