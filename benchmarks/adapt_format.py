@@ -187,8 +187,8 @@ def fit_gains(level_runs, steps):
         upto = max(best + 1, 3)
         try:
             g = fit_adaptation_gain(steps[:upto], np.minimum(p[:upto], 1 - 1e-6), num_questions=n[:upto])
-        except ValueError as err:
-            gains[level] = {"error": str(err)}
+        except ValueError as err:  # reported, not written as a gain
+            print(f"no gain for {level}: {err}", flush=True)
             continue
         gains[level] = {"h0": g.h0, "s0": g.s0, "beta": g.beta, "max_steps": int(steps[best]),
                         "fit_steps": list(steps[:upto]), "steps": list(steps), "success": p,
@@ -197,6 +197,34 @@ def fit_gains(level_runs, steps):
                         "step_flops": (r["adapt_flops"][str(steps[-1])] - r["adapt_flops"][str(steps[0])])
                         / max(steps[-1] - steps[0], 1)}
     return gains
+
+
+def tables(level_runs, steps, queries_per_episode) -> str:
+    """Markdown: N = 1 accuracy by step count, and adapted best-of-N against no adaptation at matched FLOPs."""
+    lines = ["| level | " + " | ".join(f"s={s}" for s in steps) + " | lenient s=0 / best |",
+             "|---|" + "---|" * (len(steps) + 1)]
+    for level, r in level_runs.items():
+        c = r["curve"]
+        best = max(steps, key=lambda s: c[str(s)]["p"])
+        lines.append(f"| {level} | " + " | ".join(f"{c[str(s)]['p']:.3f} ± {c[str(s)]['p_se']:.3f}" for s in steps)
+                     + f" | {c['0']['lenient']:.3f} / {c[str(best)]['lenient']:.3f} |")
+    lines += ["", "| level | adapted: s, N | FLOPs/query | majority@N | no adaptation at <= those FLOPs: N, majority@N |"
+              " A(s) shared by the episode: no-adapt N, majority@N |", "|---|---|---|---|---|---|"]
+    for level, r in level_runs.items():
+        pts = matched(r, steps, [], queries_per_episode)
+        base = sorted((p for p in pts if p["steps"] == 0), key=lambda p: p["n"])
+
+        def best_base(flops):
+            ok = [p for p in base if p["flops"] <= flops * (1 + 1e-9)]
+            p = ok[-1] if ok else base[0]
+            more = " (largest N measured)" if p is base[-1] and flops > base[-1]["flops"] * 1.5 else ""
+            return f"{p['n']}, {p['majority']:.3f} ± {p['majority_se']:.3f}{more}"
+
+        for s in steps[1:]:
+            for p in (p for p in pts if p["steps"] == s and p["n"] in (1, max(q["n"] for q in pts if q["steps"] == s))):
+                lines.append(f"| {level} | {s}, {p['n']} | {p['flops']:.3g} | {p['majority']:.3f} ± "
+                             f"{p['majority_se']:.3f} | {best_base(p['flops'])} | {best_base(p['flops_amortized'])} |")
+    return "\n".join(lines)
 
 
 def plot(level_runs, steps, path, queries_per_episode):
@@ -292,10 +320,11 @@ def main(argv=None):
         doc["gain"] = gains
         with open(os.path.join(args.out, "gain.json.tmp"), "w") as f:
             json.dump({"format": "ttc-jax.adaptation-gain/1", "task": "arithmetic", "shift": args.format,
-                       "policy": args.policy, "config": key, "k_demonstrations": args.k, "levels": gains}, f,
+                       "policy": args.policy, "config": key, "k_demonstrations": args.k, "gains": gains}, f,
                       indent=1)
         os.replace(os.path.join(args.out, "gain.json.tmp"), os.path.join(args.out, "gain.json"))
         plot(results[key], args.steps, os.path.join(args.out, "format.png"), args.problems)
+        print(tables(results[key], args.steps, args.problems))
     with open(os.path.join(args.out, name + ".tmp"), "w") as f:
         json.dump(doc, f, indent=1, default=float)
     os.replace(os.path.join(args.out, name + ".tmp"), os.path.join(args.out, name))
