@@ -4,9 +4,11 @@
 
 Held-out arithmetic problems (seed 1: not the seed-0 problems the curves were measured on), the shipped
 arith-policy and arith-prm, the measured curves of benchmarks/results/bon/curves.json. Methods:
-- pipeline (PRM): probe 4 samples + PRM -> bin -> best measured (rule, N) within the budget, per query;
-- pipeline (policy only): difficulty from the probes' agreement, majority rules only;
-- fixed: N = 1; majority of 16; weighted best-of-16 with the PRM (same ledger accounting, no probe);
+- pipeline, cap per query: probe 4 samples (+ PRM) -> bin -> the best measured (rule, N) within the cap;
+- pipeline, planned average: `plan_average` spreads an average budget over the bins (Snell et al.'s
+  compute-optimal setting), each query follows its predicted bin's allocation;
+  "(PRM)": difficulty = mean last-step PRM score of the probes; "(policy only)": the probes' agreement;
+- fixed: N = 1; majority of 4 and 16; weighted best-of-16 with the PRM (same ledger accounting, no probe);
 - fixed beam search (width 4, N = 4, 16): the measured points of the best-of-N run (its problems and
   its cost model, not re-run here: a CPU budget choice).
 FLOPs are each query's ledger (executed computations); accuracy per true level. Writes results.json,
@@ -30,7 +32,8 @@ from ttc_jax.search import checkpoint
 from ttc_jax.search.lm import TextCodec
 from ttc_jax.tasks import arithmetic as A
 
-FIXED = (("N=1", "majority", 1), ("majority@16", "majority", 16), ("weighted BoN@16 (PRM)", "weighted_best_of_n_prm", 16))
+FIXED = (("N=1", "majority", 1), ("majority@4", "majority", 4), ("majority@16", "majority", 16),
+         ("weighted BoN@16 (PRM)", "weighted_best_of_n_prm", 16))
 
 
 def answer_fn(text):
@@ -90,9 +93,17 @@ def run(args) -> dict:
 
     for label, strategy, n in FIXED:
         record(label, lambda p, k, s=strategy, n=n: with_prm.solve_fixed(p, s, n, key=k))
-    for b in budgets:
-        record("pipeline (PRM)", lambda p, k, b=b: with_prm.solve(p, b, key=k), b)
-        record("pipeline (policy only)", lambda p, k, b=b: no_prm.solve(p, b, key=k), b)
+    for b in budgets:  # a hard cap per query: the best measured option that fits
+        record("pipeline, cap per query (PRM)", lambda p, k, b=b: with_prm.solve(p, b, key=k), b)
+        record("pipeline, cap per query (policy only)", lambda p, k, b=b: no_prm.solve(p, b, key=k), b)
+    for pipe, name, avgs in ((with_prm, "pipeline, planned average (PRM)", args.average_prm),
+                             (no_prm, "pipeline, planned average (policy only)", args.average_policy)):
+        for b in [float(v) for v in avgs.split(",") if v]:
+            plan = pipe.plan_average(b, example)
+            out.setdefault("plans", {}).setdefault(name, []).append(plan.to_dict())
+            print(name, b, [(a.bin, a.option.strategy, a.option.n, a.mix and a.mix.n, round(a.mix_fraction, 2))
+                            for a in plan.allocations], flush=True)
+            record(name, lambda p, k, pipe=pipe, plan=plan: pipe.solve(p, float("inf"), key=k, plan=plan), b)
     beam = curves_d["strategies"].get("beam_search")
     if beam:
         cost = beam["cost"]
@@ -109,7 +120,9 @@ def plot(out: dict, path: str) -> None:
 
     levels = list(next(iter(out["methods"].values()))[0]["levels"])
     fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4), squeeze=False)
-    style = {"pipeline (PRM)": "o-", "pipeline (policy only)": "s-"}
+    style = {n: f for n, f in (("pipeline, cap per query (PRM)", "o:"), ("pipeline, cap per query (policy only)", "s:"),
+                                ("pipeline, planned average (PRM)", "o-"),
+                                ("pipeline, planned average (policy only)", "s-"))}
     for ax, lv in zip(axes[0], levels):
         for name, entries in out["methods"].items():
             x = [e["levels"][lv]["mean_flops"] for e in entries]
@@ -137,7 +150,9 @@ def main() -> None:
     ap.add_argument("--levels", default=",".join(A.LEVELS))
     ap.add_argument("--problems", type=int, default=60)
     ap.add_argument("--calibrate", type=int, default=30)
-    ap.add_argument("--budgets", default="1.2e9,2e9,3e9,5e9")
+    ap.add_argument("--budgets", default="1.2e9,2.5e9", help="per-query caps")
+    ap.add_argument("--average-prm", default="8e8,1.5e9", help="average budgets for the planned pipeline with the PRM")
+    ap.add_argument("--average-policy", default="3e8,5e8,8e8", help="average budgets, policy-only pipeline")
     ap.add_argument("--probe-n", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
