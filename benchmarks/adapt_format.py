@@ -167,10 +167,10 @@ def matched(level_res, steps, ns, queries_per_episode=1):
     pts = []
     for s in steps:
         cur = level_res["curve"][str(s)]
+        a = level_res["adapt_flops"][str(s)] if s > 0 else 0.0  # no adaptation: no call at all
         for n, acc in cur["majority"].items():
-            pts.append({"steps": s, "n": int(n), "flops": level_res["adapt_flops"][str(s)] + int(n) * c0,
-                        "flops_per_sample_copies": int(n) * (c0 + level_res["adapt_flops"][str(s)]),
-                        "flops_amortized": level_res["adapt_flops"][str(s)] / queries_per_episode + int(n) * c0,
+            pts.append({"steps": s, "n": int(n), "flops": a + int(n) * c0, "flops_per_sample_copies": int(n) * (c0 + a),
+                        "flops_amortized": a / queries_per_episode + int(n) * c0,
                         "majority": acc, "majority_se": cur["majority_se"][n], "pass": cur["pass"][n]})
     return pts
 
@@ -208,7 +208,15 @@ def tables(level_runs, steps, queries_per_episode) -> str:
         best = max(steps, key=lambda s: c[str(s)]["p"])
         lines.append(f"| {level} | " + " | ".join(f"{c[str(s)]['p']:.3f} ± {c[str(s)]['p_se']:.3f}" for s in steps)
                      + f" | {c['0']['lenient']:.3f} / {c[str(best)]['lenient']:.3f} |")
-    lines += ["", "| level | adapted: s, N | FLOPs/query | majority@N | no adaptation at <= those FLOPs: N, majority@N |"
+    lines += ["", "| level | no adaptation, N = | " + " | ".join(r0 for r0 in next(iter(level_runs.values()))["curve"]["0"]
+                                                       ["majority"]) + " |",
+              "|---|---|" + "---|" * len(next(iter(level_runs.values()))["curve"]["0"]["majority"])]
+    for level, r in level_runs.items():
+        c = r["curve"]["0"]
+        lines.append(f"| {level} | majority@N | " + " | ".join(f"{v:.3f}" for v in c["majority"].values()) + " |")
+        lines.append(f"| {level} | pass@N (oracle) | " + " | ".join(f"{v:.3f}" for v in c["pass"].values()) + " |")
+    lines += ["", "| level | adapted: s, N | FLOPs/query | majority@N | no adaptation, largest measured N <= FLOPs / c0"
+              ": N, majority@N |"
               " A(s) shared by the episode: no-adapt N, majority@N |", "|---|---|---|---|---|---|"]
     for level, r in level_runs.items():
         pts = matched(r, steps, [], queries_per_episode)
