@@ -10,7 +10,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from ttc_jax.nn.config import get_config
-from ttc_jax.scaling.allocate import (AdaptationGain, adaptation_step_flops, allocate, fit_adaptation_gain,
+from ttc_jax.scaling.allocate import (AdaptationGain, adaptation_step_flops, allocate, allocate_shared,
+                                      fit_adaptation_gain,
                                       optimal_steps, sample_flops, ttt_adapt_flops)
 from ttc_jax.scaling.flops import forward_flops, training_flops
 
@@ -50,6 +51,32 @@ def test_allocate_matches_brute_force(case):
     np.testing.assert_allclose(a.success, -math.expm1(-best), rtol=1e-12)
     budget_per_sample, n = a  # the recipe's unpacking
     assert n == a.n and budget_per_sample == c0 + c1 * a.steps
+
+
+def test_allocate_shared_matches_brute_force():
+    """One copy adapted once for all N samples: the best N h(s) over every feasible (N, s) with
+    fixed + s c1 + N c0 <= B; adapting pays sooner than with a copy per sample."""
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        c0 = float(rng.uniform(1, 10))
+        c1 = float(c0 * 10 ** rng.uniform(0, 2))  # a step costs 1-100 samples
+        gain = AdaptationGain(h0=float(rng.uniform(0.01, 1)), s0=float(10 ** rng.uniform(-1.5, 1)),
+                              beta=float(rng.uniform(0.05, 0.99)))
+        max_steps, fixed = int(rng.integers(0, 9)), float(rng.uniform(0, 5))
+        B = float(fixed + c0 * rng.uniform(1, 400))
+        a = allocate_shared(B, sample_flops=c0, step_flops=c1, gain=gain, max_steps=max_steps, fixed_flops=fixed)
+        best = max((n * gain.hazard(s), n, s) for s in range(max_steps + 1)
+                   for n in range(1, int((B - fixed) // c0) + 2) if fixed + s * c1 + n * c0 <= B)
+        np.testing.assert_allclose(a.n * gain.hazard(a.steps), best[0], rtol=1e-12)
+        assert a.total_flops <= B * (1 + 1e-12)
+    gain = AdaptationGain(0.1, 0.1, 0.5)
+    shared = allocate_shared(1000.0, sample_flops=1.0, step_flops=50.0, gain=gain, max_steps=8)
+    per_copy = allocate(1000.0, sample_flops=1.0, step_flops=50.0, gain=gain, max_steps=8)
+    assert shared.steps > 0 and per_copy.steps == 0
+    with pytest.raises(ValueError, match="below the cost of one sample"):
+        allocate_shared(1.0, sample_flops=2.0, step_flops=1.0, gain=gain, max_steps=2)
+    with pytest.raises(ValueError, match="max_steps=-1"):
+        allocate_shared(10.0, sample_flops=2.0, step_flops=1.0, gain=gain, max_steps=-1)
 
 
 @pytest.mark.parametrize("beta,c0,c1,s0", [(0.5, 10.0, 1.0, 1.0), (0.3, 4.0, 0.5, 2.0), (0.8, 1.0, 1.0, 5.0),

@@ -88,13 +88,21 @@ def test_bad_input(pipe):
         PipelineConfig(probe_n=0)
 
 
+PREFIX = np.asarray([5, 7, 9, 10, 5, 7, 9, 10, 5, 7, 9, 10, 3], np.int32)
+
+
 @pytest.mark.slow
-def test_adapted_path_ledger_matches_xla(pipe):
-    """N copies adapted per sample (ttt_adapt_many + sample_adapted): adaptation counted per copy and step."""
-    prefix = np.asarray([5, 7, 9, 10, 5, 7, 9, 10, 5, 7, 9, 10, 3], np.int32)
-    sol = pipe.solve(PROMPT, 3e9, key=jax.random.key(1), adapt_prefix=prefix)
+@pytest.mark.parametrize("mode", ["per_sample", "shared"])
+def test_adapted_path_ledger_matches_xla(pipe, mode):
+    """per_sample: N copies (ttt_adapt_many + sample_adapted), adaptation counted per copy and step; shared:
+    one copy adapted once, N samples from one prefill of it."""
+    import dataclasses
+    pipe = Pipeline(pipe.policy, CODEC, answer_fn, CURVES, prm=pipe.prm, bins=pipe.bins, gains=pipe.gains,
+                    config=dataclasses.replace(pipe.config, adapt_mode=mode))
+    sol = pipe.solve(PROMPT, 3e9, key=jax.random.key(1), adapt_prefix=PREFIX)
     assert sol.choice.steps > 0 and len(sol.candidates) == sol.choice.n
-    assert sol.ledger.by_component()["adaptation"] > 0
+    adapt = [e for e in sol.ledger.entries if e.component == "adaptation"]
+    assert len(adapt) == 1 and adapt[0].spec["copies"] == (sol.choice.n if mode == "per_sample" else 1)
     assert sol.ledger.total <= 3e9
     _check_against_xla(sol, pipe)
 

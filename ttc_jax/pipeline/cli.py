@@ -33,6 +33,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--calibrate", type=int, default=30, help="problems per level to calibrate difficulty bins on")
     p.add_argument("--gains", default=None, help="JSON {bin: {h0, s0, beta}} of fitted adaptation gains")
     p.add_argument("--adapt-prefix", default=None, help="text to adapt the policy on (with --gains)")
+    p.add_argument("--adapt-mode", default="shared", choices=["shared", "per_sample"],
+                   help="one adapted copy for all samples, or a copy per sample")
+    p.add_argument("--adapt-lr", type=float, default=1e-4)
+    p.add_argument("--adapt-optimizer", default="adam", choices=["sgd", "adam"])
     p.add_argument("--probe-n", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -51,13 +55,15 @@ def _gains(path):
     d = d.get("gains", d)
     if not isinstance(d, dict):
         raise ValueError(f"--gains {path!r}: expected a JSON object {{bin: {{h0, s0, beta}}}}")
-    out = {}
+    out, max_steps = {}, {}
     for b, g in d.items():
         try:
             out[b] = AdaptationGain(float(g["h0"]), float(g["s0"]), float(g["beta"]))
         except (KeyError, TypeError) as e:
             raise ValueError(f"--gains {path!r}: bin {b!r} has {g!r}; expected {{h0, s0, beta}}") from e
-    return out
+        if "max_steps" in g:  # the most steps the gain was fitted on
+            max_steps[b] = int(g["max_steps"])
+    return out, max_steps
 
 
 def build(args):
@@ -72,10 +78,11 @@ def build(args):
     with open(args.curves) as f:
         curves = curves_from_dict(json.load(f))
     policy, prm, _ = load_policy_and_rewards(args.policy, args.prm, vocab_size=A.VOCAB_SIZE, separator=A.SEP)
-    gains = _gains(args.gains) if args.gains else None
-    cfg = PipelineConfig(probe_n=args.probe_n, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    gains, max_steps = _gains(args.gains) if args.gains else (None, None)
+    cfg = PipelineConfig(probe_n=args.probe_n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         adapt_mode=args.adapt_mode, adapt_lr=args.adapt_lr, adapt_optimizer=args.adapt_optimizer)
     pipe = Pipeline(policy, TextCodec(A.SEP, A.EOS, A.PAD), lambda t: A.normalise_answer(A.final_answer(t)), curves,
-                    prm=prm, gains=gains, config=cfg)
+                    prm=prm, gains=gains, config=cfg, adapt_max_steps=max_steps)
     calib = [q.prompt for lv in A.LEVELS for q in A.sample_problems(10_000 + args.seed, lv, args.calibrate)]
     pipe.calibrate(calib, key=jax.random.key(args.seed + 1))
     return pipe

@@ -24,19 +24,20 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
-from ttc_jax.adapt import sample_adapted, ttt_adapt_many
+from ttc_jax.adapt import sample_adapted, ttt_adapt, ttt_adapt_many
 from ttc_jax.generate import prefill_prompts, sample
 from ttc_jax.nn.model import HybridLM
 from ttc_jax.nn.prm import RewardModel, aggregate
 from ttc_jax.pipeline import ledger as LG
 from ttc_jax.pipeline.plan import EXECUTABLE, Choice, DifficultyBins, choose_adapted, choose_pool, needs_prm, rule_at
-from ttc_jax.scaling.allocate import AdaptationGain
+from ttc_jax.scaling.allocate import AdaptationGain, allocate_shared
 from ttc_jax.scaling.curves import Curve, CurveSet, Strategy
 from ttc_jax.scaling.flops import AffineCost
 from ttc_jax.scaling.planner import Plan, plan_budget
 from ttc_jax.search import selection as SEL
 from ttc_jax.search.lm import RewardScorer, TextCodec
 
+ADAPT_MODES = ("shared", "per_sample")
 AGGREGATION = {"weighted_best_of_n_prm": "last", "best_of_n_prm_last": "last", "best_of_n_prm_min": "min",
                "best_of_n_prm_prod": "prod"}
 
@@ -50,8 +51,11 @@ class PipelineConfig:
     adapt_scope: str = "all"
     adapt_optimizer: str = "sgd"
     max_adapt_steps: int = 16
+    adapt_mode: str = "shared"  # "shared": one adapted copy samples all N; "per_sample": a copy per sample
 
     def __post_init__(self):
+        if self.adapt_mode not in ADAPT_MODES:
+            raise ValueError(f"PipelineConfig.adapt_mode={self.adapt_mode!r}; expected one of {ADAPT_MODES}")
         for name in ("probe_n", "max_new_tokens", "max_adapt_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -84,7 +88,8 @@ class Pipeline:
 
     def __init__(self, policy: HybridLM, codec: TextCodec, answer_fn: Callable[[str], str | None], curves: CurveSet,
                  *, prm: RewardModel | None = None, bins: DifficultyBins | None = None,
-                 gains: Mapping[str, AdaptationGain] | None = None, config: PipelineConfig = PipelineConfig()):
+                 gains: Mapping[str, AdaptationGain] | None = None, config: PipelineConfig = PipelineConfig(),
+                 adapt_max_steps: Mapping[str, int] | None = None):
         if not isinstance(policy, HybridLM):
             raise ValueError(f"policy is a {type(policy).__name__}; expected a ttc_jax.nn.HybridLM")
         if prm is not None:
@@ -100,6 +105,8 @@ class Pipeline:
         self.prm, self.bins, self.gains, self.config = prm, bins, dict(gains or {}), config
         self.scorer = RewardScorer(prm, codec) if prm is not None else None
         self.expected_steps: int | None = None  # set by calibrate
+        # per bin: the most adaptation steps the gain was fitted on (the fitted family cannot fall)
+        self.adapt_max_steps = {b: min(int(v), config.max_adapt_steps) for b, v in (adapt_max_steps or {}).items()}
 
     # -- costs of the computations `solve` runs (upper bounds: every sample at full length) ----------
 
@@ -165,11 +172,11 @@ class Pipeline:
             raise ValueError(f"no executable strategy has curve points at N >= probe_n={k}")
         return plan_budget(CurveSet(self.curves.bins, strategies), _budget(average_budget))
 
-    def _prefill(self, prompt: str, ledger: LG.FlopLedger, phase: str):
+    def _prefill(self, prompt: str, ledger: LG.FlopLedger, phase: str, model=None):
         """The prompt's decoding state (cache for prompt + max_new_tokens), shared by every later sample."""
         x = self._layout(prompt)
         cache = x.shape[1] + self.config.max_new_tokens
-        state = prefill_prompts(self.policy, x, cache_size=cache)
+        state = prefill_prompts(self.policy if model is None else model, x, cache_size=cache)
         self._log_prefill(ledger, phase, rows=1, prompt_len=x.shape[1])
         return state
 
@@ -179,8 +186,8 @@ class Pipeline:
                                                      cache_size=cache),
                    rows=rows, prompt_len=prompt_len, cache_size=cache)
 
-    def _sample(self, state, n: int, key, ledger: LG.FlopLedger, phase: str):
-        s = sample(self.policy, n=n, max_new_tokens=self.config.max_new_tokens, rng=key,
+    def _sample(self, state, n: int, key, ledger: LG.FlopLedger, phase: str, model=None):
+        s = sample(self.policy if model is None else model, n=n, max_new_tokens=self.config.max_new_tokens, rng=key,
                    temperature=self.config.temperature, stop_tokens=(self.codec.eos,), pad_id=self.codec.pad,
                    mesh=None, cache=state)
         self._log_decode(ledger, phase, s, rows=n, prompt_len=int(np.asarray(state.pos)[0]))
@@ -275,18 +282,29 @@ class Pipeline:
 
         gain = self.gains.get(bin_name)
         if adapt_prefix is not None and gain is not None:
-            c0 = self.sample_cost(prompt, 1, copies=True) + self.score_cost(prompt, 1)
-            c1 = LG.adapt_cost(cfg_policy := self.policy.cfg, copies=1, steps=1, prefix_len=len(adapt_prefix)) - \
-                LG.adapt_cost(cfg_policy, copies=1, steps=0, prefix_len=len(adapt_prefix))
-            check = LG.adapt_cost(cfg_policy, copies=1, steps=0, prefix_len=len(adapt_prefix))
-            if rest >= c0 + check:
-                n, steps, success = choose_adapted(rest, sample_cost=c0 + check, step_cost=c1, gain=gain,
-                                                   max_steps=cfg.max_adapt_steps)
+            T_a, pc = len(adapt_prefix), self.policy.cfg
+            check = LG.adapt_cost(pc, copies=1, steps=0, prefix_len=T_a)
+            c1 = LG.adapt_cost(pc, copies=1, steps=1, prefix_len=T_a) - check
+            max_steps = self.adapt_max_steps.get(bin_name, cfg.max_adapt_steps)
+            per_sample = cfg.adapt_mode == "per_sample"
+            # one sample from its own copy (its prefill included), or one more sample of the shared copy
+            prefill = self.sample_cost(prompt, 0)
+            c0 = self.sample_cost(prompt, 1) + self.score_cost(prompt, 1) - (0.0 if per_sample else prefill)
+            fixed = 0.0 if per_sample else prefill + check
+            if rest >= c0 + check + fixed:
+                if per_sample:
+                    n, steps, success = choose_adapted(rest, sample_cost=c0 + check, step_cost=c1, gain=gain,
+                                                       max_steps=max_steps)
+                else:
+                    a = allocate_shared(rest, sample_flops=c0, step_flops=c1, gain=gain, max_steps=max_steps,
+                                        fixed_flops=fixed)
+                    n, steps, success = a.n, a.steps, a.success
                 if steps > 0:
                     rule = rule_at(self.curves, bin_name, n, have_prm=have_prm)
-                    choice = Choice(rule, n, steps, success, ledger.total + n * (c0 + check + steps * c1))
-                    return self._run_adapted(prompt, adapt_prefix, choice, k_adapt, k_main, ledger, bin_name,
-                                             difficulty)
+                    cost = n * (c0 + check + steps * c1) if per_sample else fixed + steps * c1 + n * c0
+                    choice = Choice(rule, n, steps, success, ledger.total + cost)
+                    run = self._run_adapted if per_sample else self._run_shared
+                    return run(prompt, adapt_prefix, choice, k_adapt, k_main, ledger, bin_name, difficulty)
 
         cost = lambda strategy, n: self.pool_cost(prompt, strategy, n)
         choice = None
@@ -331,7 +349,29 @@ class Pipeline:
         choice = Choice(strategy, n, 0, float("nan"), ledger.total)
         return self._finish(answers, texts, agg, choice, "", float("nan"), ledger)
 
+    def _run_shared(self, prompt, prefix, choice, k_adapt, k_main, ledger, bin_name, difficulty) -> Solution:
+        """One copy adapted `choice.steps` steps on the prefix; all N samples from it."""
+        cfg = self.config
+        r = ttt_adapt(self.policy, prefix, steps=choice.steps, lr=cfg.adapt_lr, scope=cfg.adapt_scope,
+                      optimizer=cfg.adapt_optimizer, key=k_adapt)
+        ledger.add("adapt", "adaptation", LG.adapt_cost(self.policy.cfg, copies=1, steps=choice.steps,
+                                                        prefix_len=len(prefix)),
+                   copies=1, steps=choice.steps, prefix_len=len(prefix))
+        model = r.model
+        s = self._sample(self._prefill(prompt, ledger, "main", model), choice.n, k_main, ledger, "main", model)
+        return self._select_samples(prompt, s, choice, ledger, bin_name, difficulty)
+
+    def _select_samples(self, prompt, s, choice, ledger, bin_name, difficulty) -> Solution:
+        texts, fins = self._texts(s)
+        answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
+        agg = None
+        if needs_prm(choice.strategy):
+            scores, mask = self._score(prompt, s, ledger, "main")
+            agg = np.asarray(aggregate(scores, mask, AGGREGATION[choice.strategy]))
+        return self._finish(answers, texts, agg, choice, bin_name, difficulty, ledger)
+
     def _run_adapted(self, prompt, prefix, choice, k_adapt, k_main, ledger, bin_name, difficulty) -> Solution:
+        """A copy per sample (`ttt_adapt_many`, own keys), sampled in one call (`sample_adapted`)."""
         cfg = self.config
         many = ttt_adapt_many(self.policy, prefix, n=choice.n, steps=choice.steps, lr=cfg.adapt_lr,
                               scope=cfg.adapt_scope, optimizer=cfg.adapt_optimizer, key=k_adapt, order="random")
@@ -343,13 +383,7 @@ class Pipeline:
                            stop_tokens=(self.codec.eos,), pad_id=self.codec.pad)
         self._log_prefill(ledger, "main", rows=choice.n, prompt_len=x.shape[1])
         self._log_decode(ledger, "main", s, rows=choice.n, prompt_len=x.shape[1])
-        texts, fins = self._texts(s)
-        answers = [self.answer_fn(t) if f else None for t, f in zip(texts, fins)]
-        agg = None
-        if needs_prm(choice.strategy):
-            scores, mask = self._score(prompt, s, ledger, "main")
-            agg = np.asarray(aggregate(scores, mask, AGGREGATION[choice.strategy]))
-        return self._finish(answers, texts, agg, choice, bin_name, difficulty, ledger)
+        return self._select_samples(prompt, s, choice, ledger, bin_name, difficulty)
 
     def _finish(self, answers, texts, agg, choice, bin_name, difficulty, ledger) -> Solution:
         if choice.strategy == "majority":

@@ -136,6 +136,36 @@ def allocate(total_budget: float, *, sample_flops: float, step_flops: float, gai
                       success=-math.expm1(-best))
 
 
+def allocate_shared(total_budget: float, *, sample_flops: float, step_flops: float, gain: AdaptationGain,
+                    max_steps: int, fixed_flops: float = 0.0) -> Allocation:
+    """One adapted copy shared by all N samples (every copy would adapt on the same text): cost
+    fixed_flops + steps * step_flops + N * sample_flops. Maximises N h(steps) (success 1 - exp(-N h)) over
+    steps in [0, max_steps], N the most the rest of the budget buys; exact (steps enumerated).
+    `budget_per_sample` of the result is sample_flops (the adaptation is paid once, in total_flops)."""
+    B = _positive("total_budget", total_budget)
+    c0, c1 = _positive("sample_flops", sample_flops), _positive("step_flops", step_flops)
+    if not isinstance(gain, AdaptationGain):
+        raise ValueError(f"gain={gain!r}; expected an AdaptationGain")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps < 0:
+        raise ValueError(f"max_steps={max_steps!r}; expected an int >= 0")
+    if isinstance(fixed_flops, bool) or not isinstance(fixed_flops, numbers.Real) or not 0 <= fixed_flops < math.inf:
+        raise ValueError(f"fixed_flops={fixed_flops!r}; expected a finite number >= 0")
+    if B - fixed_flops < c0:
+        raise ValueError(f"total_budget={total_budget!r} is below the cost of one sample "
+                         f"({c0 + fixed_flops:.4g} FLOPs with fixed_flops={fixed_flops!r}); expected at least that")
+    best = None
+    for steps in range(int(max_steps) + 1):
+        n = int(math.floor((B - fixed_flops - steps * c1) / c0 + 1e-12))
+        if n < 1:
+            break
+        f = _objective(n, steps, gain)
+        if best is None or f > best[0]:
+            best = (f, n, steps)
+    f, n, steps = best
+    return Allocation(n=n, steps=steps, budget_per_sample=c0, total_flops=fixed_flops + steps * c1 + n * c0,
+                      success=-math.expm1(-f))
+
+
 def adaptation_step_flops(cfg: Any, prefix_len: int, n_sequences: int = 1) -> float:
     """FLOPs of one full-parameter adaptation step on a prefix (forward + backward on prefix_len - 1 inputs)."""
     if isinstance(prefix_len, bool) or not isinstance(prefix_len, numbers.Integral) or prefix_len < 2:
