@@ -9,8 +9,8 @@ arith-policy and arith-prm, the measured curves of benchmarks/results/bon/curves
   compute-optimal setting), each query follows its predicted bin's allocation;
   "(PRM)": difficulty = mean last-step PRM score of the probes; "(policy only)": the probes' agreement;
 - fixed: N = 1; majority of 4 and 16; weighted best-of-16 with the PRM (same ledger accounting, no probe);
-- fixed beam search (width 4, N = 4, 16): the measured points of the best-of-N run (its problems and
-  its cost model, not re-run here: a CPU budget choice).
+- fixed beam search (width 4, N = 4, 16, PRM-guided, weighted selection; `--beam-problems P` adds it to an
+  existing results.json): the first P of the same problems, FLOPs from the curves' beam cost model.
 FLOPs are each query's ledger (executed computations); accuracy per true level. Writes results.json,
 frontier.png, and the choices the pipeline made.
 """
@@ -113,6 +113,40 @@ def run(args) -> dict:
     return out
 
 
+def run_beam(args, out: dict) -> None:
+    """Fixed beam search (width 4, N = 4 and 16, PRM `last`, weighted selection) on the first --beam-problems
+    problems of each level (the same seed-1 problems); FLOPs from the curves' beam cost model (tree search
+    runs outside the ledger)."""
+    from ttc_jax.search import tree
+    from ttc_jax.search.evaluate import answer_of
+    from ttc_jax.search.lm import Policy, RewardScorer
+
+    with open(args.curves) as f:
+        cost = json.load(f)["strategies"]["beam_search"]["cost"]
+    policy = Policy(checkpoint.load_policy(args.policy), TextCodec(A.SEP, A.EOS, A.PAD),
+                    max_new_tokens=args.max_new_tokens)
+    prm = RewardScorer(checkpoint.load_reward(args.prm), policy.codec)
+    rng = np.random.default_rng(args.seed)
+    res = {}
+    for lv in [lv for lv in args.levels.split(",") if lv]:
+        qs = A.heldout_problems(lv, args.beam_problems, seed=1)
+        prompts = [q.prompt for q in qs]
+        expand = lambda pids, pre, r, g, prompts=prompts: policy.expand([prompts[i] for i in pids], pre, r, g)
+        score = lambda pids, comps, prompts=prompts: prm.score_steps([prompts[i] for i in pids], comps)
+        res[lv] = []
+        for n in (4, 16):
+            t = time.time()
+            out_ = tree.beam_search(len(qs), expand, score, answer_of, n=n, m=4,
+                                    max_steps=max(len(q.ops) for q in qs) + 2, rng=rng, aggregation="last",
+                                    select="weighted")
+            ok = np.array([r.selection.answer == str(q.answer) for r, q in zip(out_, qs)], float)
+            res[lv].append({"n": n, "accuracy": float(ok.mean()), "stderr": float(ok.std(ddof=1) / np.sqrt(len(ok))),
+                            "problems": len(qs), "flops_cost_model": cost["fixed"] + n * cost["per_sample"],
+                            "wall_s": time.time() - t})
+            print("beam", lv, res[lv][-1], flush=True)
+    out["beam_same_problems"] = res
+
+
 def plot(out: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -129,8 +163,8 @@ def plot(out: dict, path: str) -> None:
             y = [e["levels"][lv]["accuracy"] for e in entries]
             err = [e["levels"][lv]["stderr"] for e in entries]
             ax.errorbar(x, y, yerr=err, fmt=style.get(name, "D"), label=name, capsize=2, ms=5)
-        for pt in out.get("beam_from_bon_run", {}).get(lv, []):
-            ax.plot(pt["flops_cost_model"], pt["accuracy"], "kx")
+        for pt in out.get("beam_same_problems", {}).get(lv, []):
+            ax.errorbar(pt["flops_cost_model"], pt["accuracy"], yerr=pt["stderr"], fmt="kx", capsize=2)
             ax.annotate(f"beam N={pt['n']}", (pt["flops_cost_model"], pt["accuracy"]), fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("FLOPs per query (ledger)")
@@ -157,9 +191,16 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--beam-problems", type=int, default=0,
+                    help="only run fixed beam search on this many problems per level and add it to OUT/results.json")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    out = run(args)
+    if args.beam_problems:
+        with open(os.path.join(args.out, "results.json")) as f:
+            out = json.load(f)
+        run_beam(args, out)
+    else:
+        out = run(args)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(out, f, indent=1)
     plot(out, os.path.join(args.out, "frontier.png"))

@@ -18,7 +18,9 @@ def _slice(args, start, stop):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("cuts", [(5,), (16,), (3, 4), (20, 21, 30), (1, 2, 3)])
+# default-run budget: one cut, a cut on the mini-batch boundary and three cuts across mini-batches by default
+@pytest.mark.parametrize("cuts", [(5,), (16,), pytest.param((3, 4), marks=pytest.mark.slow), (20, 21, 30),
+                                  pytest.param((1, 2, 3), marks=pytest.mark.slow)])
 def test_split_and_continue_equals_whole(kind, cuts):
     args = random_inputs(kind, T=37, seed=3)
     z_whole, s_whole = ttt(kind, *args, impl="xla")
