@@ -146,6 +146,7 @@ def _program_size(cfg):
     return len(str(jax.make_jaxpr(fn)(state, tokens_for(cfg, T=8))))
 
 
+@pytest.mark.slow  # default-run budget (32 s): a compile-size property; `make test-all` runs it
 def test_scan_over_layers_keeps_program_size_constant_in_depth():
     """With scan_layers the traced program does not grow with depth (so neither does compile time)."""
     shallow, deep = (get_config("tiny-hybrid", n_layers=n) for n in (4, 16))
@@ -179,8 +180,8 @@ def test_inner_loss_stats_per_ttt_layer():
     assert int(cache["pos"]) == 20 and sorted(stats_with_cache) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("name", ["ttt-linear-125m", "ttt-linear-base-125m",
-                                  # the other three of the five published 125m presets: slow (20 s each)
+@pytest.mark.parametrize("name", [pytest.param("ttt-linear-125m", marks=pytest.mark.slow), "ttt-linear-base-125m",
+                                  # the other four of the five published 125m presets: slow (20-26 s each)
                                   pytest.param("ttt-mlp-125m", marks=pytest.mark.slow),
                                   pytest.param("ttt-mlp-base-125m", marks=pytest.mark.slow),
                                   pytest.param("transformer-125m", marks=pytest.mark.slow)])

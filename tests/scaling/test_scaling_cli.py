@@ -32,6 +32,7 @@ def test_fit_power_law_from_csv(tmp_path):
     assert png.stat().st_size > 1000
 
 
+@pytest.mark.slow  # default-run budget (31 s): the same fit runs in test_scaling_chinchilla; the CLI path in the test above
 def test_fit_chinchilla_on_the_vendored_data(tmp_path):
     out = tmp_path / "chinchilla.json"
     assert run(["scale", "fit", "--out", str(out), "--plot", str(tmp_path / "c.png")]) == 0
