@@ -20,6 +20,7 @@ def test_training_flops_become_tokens_with_c_over_6n():
     assert L[0] == 5.005581996196243
 
 
+@pytest.mark.slow  # default-run budget (28 s); the default Huber fit itself is tested in test_scaling_chinchilla
 def test_huber_fit_resists_outliers_that_move_least_squares():
     """Default delta 1e-3 (Hoffmann et al.): outliers barely move the fit; least squares (a huge
     delta) is dragged away from the law the clean points follow."""
