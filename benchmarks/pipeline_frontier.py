@@ -42,8 +42,7 @@ def answer_fn(text):
 
 def run(args) -> dict:
     with open(args.curves) as f:
-        curves_d = json.load(f)
-    curves = curves_from_dict(curves_d)
+        curves = curves_from_dict(json.load(f))
     policy = checkpoint.load_policy(args.policy)
     prm = checkpoint.load_reward(args.prm)
     codec = TextCodec(A.SEP, A.EOS, A.PAD)
@@ -104,12 +103,6 @@ def run(args) -> dict:
             print(name, b, [(a.bin, a.option.strategy, a.option.n, a.mix and a.mix.n, round(a.mix_fraction, 2))
                             for a in plan.allocations], flush=True)
             record(name, lambda p, k, pipe=pipe, plan=plan: pipe.solve(p, float("inf"), key=k, plan=plan), b)
-    beam = curves_d["strategies"].get("beam_search")
-    if beam:
-        cost = beam["cost"]
-        out["beam_from_bon_run"] = {
-            lv: [{"n": n, "accuracy": a, "flops_cost_model": cost["fixed"] + n * cost["per_sample"]}
-                 for n, a in zip(beam["curves"][lv]["n"], beam["curves"][lv]["accuracy"])] for lv in levels}
     return out
 
 

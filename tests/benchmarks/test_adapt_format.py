@@ -3,24 +3,19 @@ only, prompts are left-padded with PAD, and the summary / matched-FLOPs bookkeep
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_loader import load
 
 from ttc_jax.tasks import arithmetic as A
 from ttc_jax.tasks.formats import SHIFTED
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("adapt_format", ROOT / "benchmarks" / "adapt_format.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("adapt_format")
 
 
 def test_demo_mask_and_prompts(bench):

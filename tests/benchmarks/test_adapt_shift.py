@@ -4,21 +4,19 @@ buffer one carried-over step at a time equals one ttt_adapt call on the bare pre
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from bench_loader import load
 from flax import nnx
 
 from ttc_jax.adapt import ttt_adapt
 from ttc_jax.nn.config import ModelConfig
 from ttc_jax.nn.model import HybridLM
 
-ROOT = Path(__file__).resolve().parents[2]
 CFG = ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, ffn_dim=32, layer_pattern=("ttt_linear",),
                   backbone="transformer", mini_batch_size=4, max_seq_len=32, remat_group=0)
 P_MAX, C = 12, 4
@@ -26,10 +24,7 @@ P_MAX, C = 12, 4
 
 @pytest.fixture(scope="module")
 def shift():
-    spec = importlib.util.spec_from_file_location("adapt_shift", ROOT / "benchmarks" / "adapt_shift.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("adapt_shift")
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,10 @@
 """The benchmark scripts run end to end at tiny sizes and write well-formed results."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from bench_loader import load
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.slow  # default-run budget (37 s); make test-all runs the benchmark scripts' quick modes

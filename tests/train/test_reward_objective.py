@@ -14,6 +14,7 @@ import pytest
 
 from ttc_jax import cli
 from ttc_jax.tasks import arithmetic as A
+from ttc_jax.train.metrics import read_metrics
 from ttc_jax.train import trainer
 from ttc_jax.train.evaluate import load_run
 
@@ -55,13 +56,10 @@ def full_run(data, tmp_path_factory):
     return wd
 
 
-def _metrics(wd):
-    with open(os.path.join(wd, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_prm_bce_falls_on_a_tiny_set_and_validation_is_logged(full_run):
-    rows = _metrics(full_run)
+    rows = read_metrics(full_run)
     loss = [r["loss"] for r in rows if "loss" in r]
     assert loss[-1] < loss[0] - 0.1, loss  # from ~ln 2, memorising 8 rows
     val = [r for r in rows if "val_loss" in r]
@@ -108,7 +106,7 @@ def test_export_loads_as_a_reward_model_with_the_same_scores_and_validation_bce(
     x, y, w = reward_batch(ex, 32, sep=A.SEP, eos=A.EOS, pad=A.PAD, kind="prm")
     p = np.clip(np.asarray(rm(jnp.asarray(x)), np.float64), 1e-7, 1 - 1e-7)
     bce = -(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum()
-    logged = [r for r in _metrics(full_run) if "val_loss" in r][-1]["val_loss"]
+    logged = [r for r in read_metrics(full_run) if "val_loss" in r][-1]["val_loss"]
     assert bce == pytest.approx(logged, rel=1e-4)
     card = open(os.path.join(dst, "README.md")).read()
     assert "ttc train --config tiny-transformer" in card and "--objective prm" in card and "AUROC" in card

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ttc_jax import cli
+from ttc_jax.train.metrics import read_metrics
 from ttc_jax.train import trainer
 from ttc_jax.train.evaluate import load_run
 
@@ -38,13 +39,10 @@ def full_run(corpus, tmp_path_factory):
     return wd
 
 
-def _rows(wd):
-    with open(os.path.join(wd, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_train_end_to_end_loss_drops_and_everything_is_logged(full_run):
-    rows = _rows(full_run)
+    rows = read_metrics(full_run)
     train_rows = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in val] == [12, 24]
@@ -79,7 +77,7 @@ def test_resume_is_bit_identical_to_never_stopping(full_run, corpus, tmp_path):
 def test_eval_cli_reports_loss_perplexity_and_loss_by_position(full_run, capsys):
     assert cli.main(["eval", "--workdir", full_run, "--batches", "2"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    rows = [r for r in _rows(full_run) if "val_loss" in r]
+    rows = [r for r in read_metrics(full_run) if "val_loss" in r]
     assert out["step"] == STEPS
     assert out["val_loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-5)  # same 2 batches as in training
     assert os.path.isfile(os.path.join(full_run, f"eval_step{STEPS}_by_position.png"))

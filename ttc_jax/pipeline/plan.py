@@ -70,17 +70,15 @@ class DifficultyBins:
 
 
 def choose_pool(curves: CurveSet, bin_name: str, budget: float, cost: Callable[[str, int], float], *,
-                have_prm: bool, at_least: int = 1) -> Choice | None:
+                have_prm: bool) -> Choice | None:
     """The (strategy, N) with the highest measured accuracy in `bin_name` whose cost(strategy, N) fits the
-    budget (ties: the cheaper). N ranges over the measured points >= at_least; None if nothing fits."""
+    budget (ties: the cheaper), over the measured points; None if nothing fits."""
     best = None
     for name, strat in curves.strategies.items():
         if name not in EXECUTABLE or (needs_prm(name) and not have_prm):
             continue
         curve = strat.curves[bin_name]
         for n, acc in zip(curve.n, curve.accuracy):
-            if n < at_least:
-                continue
             c = cost(name, n)
             if c > budget:
                 continue

@@ -8,7 +8,6 @@ tokens/s) and invocations.jsonl (the `ttc train` commands that ran, their steps 
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -17,13 +16,7 @@ from flax import nnx
 
 from ttc_jax.train import config as C
 from ttc_jax.train import trainer as TR
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from ttc_jax.train.metrics import read_jsonl, read_metrics
 
 
 def _fmt(v, nd=4) -> str:
@@ -50,8 +43,8 @@ def _data_rows(tcfg: C.TrainConfig, step_data) -> str:
 def model_card(name: str, workdir: str, mcfg, tcfg: C.TrainConfig, step: int, n_params: int, *,
                step_data=None, final: dict | None = None, note: str = "", dst: str = "DST") -> str:
     """Markdown card of the run in `workdir` at `step`."""
-    rows = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    calls = _read_jsonl(os.path.join(workdir, "invocations.jsonl"))
+    rows = read_metrics(workdir)
+    calls = read_jsonl(os.path.join(workdir, "invocations.jsonl"))
     train_rows = [r for r in rows if "loss" in r and r["step"] <= step]
     val_rows = [r for r in rows if "val_loss" in r and r["step"] <= step]
     tps = [r["tokens_per_s"] for r in train_rows if "tokens_per_s" in r]
@@ -158,7 +151,7 @@ def export_workdir(workdir: str, dst: str, *, step: int | None = None, name: str
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state["params"])))
     name = name or os.path.basename(dst.rstrip("/"))
     meta = {"trained_by": "ttc train", "objective": tcfg.objective, "train_step": int(step)}
-    rows = [r for r in _read_jsonl(os.path.join(os.path.abspath(workdir), "metrics.jsonl"))
+    rows = [r for r in read_metrics(os.path.abspath(workdir))
             if "val_loss" in r and r["step"] <= step]
     if rows:
         meta["validation"] = {k: v for k, v in rows[-1].items() if k.startswith("val_")}

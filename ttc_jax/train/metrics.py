@@ -27,6 +27,18 @@ def _scalar(v: Any) -> float | int:
     return int(v) if np.issubdtype(v.dtype, np.integer) else float(v)
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """The JSON rows of a .jsonl file ([] when it does not exist)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """Every row a run logged to WORKDIR/metrics.jsonl, in order."""
+    return read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
 class MetricsLogger:
     """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard."""
 
