@@ -7,9 +7,10 @@ Mosaic GPU kernels in gpu_forward.py / gpu_backward.py:
 - the kernels save a boundary state every 64-token tile (their remat unit), whatever `spec.group`
   says; the tokens are padded to whole tiles with lr = 0 (no update; outputs dropped);
 - the gradients of lr and token_scale are folded from the kernel's per-token rows here;
-- F = 128: the forward and decode kernels run; the backward is NOT a Mosaic GPU kernel there
-  (its shared-memory layout fits only F = 64) but `_xla_backward`, the same reverse sweep over the
-  forward kernel's saved boundaries with each group differentiated by XLA.
+- F = 64 and F = 128: forward, backward and decode are Mosaic GPU kernels (the backward at F = 128
+  in its own shared-memory layout, gpu_backward._backward_wide);
+- `_xla_backward` (the same reverse sweep over the forward kernel's saved boundaries with each group
+  differentiated by XLA) is the backward of the ttt_mlp GPU backend, which has no backward kernel.
 Head/tail partial mini-batches never reach this module: kernels/common/fused.py runs them in XLA.
 """
 
@@ -73,8 +74,6 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     N, T, F = q.shape
     K = s.shape[0]
     ts = _tile_spec(spec, F, K)
-    if F > gpu_backward.MAX_F_BACKWARD:
-        return _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final)
     q, k, v, lr, dz = pad_tiles(q, k, v, lr, dz)
     qo, ko, vo, lr2, lrl, s_tile = _prep(ts, q, k, v, lr, s)
     w_b, b_b = ws_bounds
@@ -92,9 +91,9 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
 
 
 def _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
-    """F > 64 (no Mosaic GPU backward kernel fits shared memory there): the same reverse sweep over the
-    kernel's saved tile boundaries, each tile recomputed and differentiated by XLA (jax.vjp of
-    common/minibatch.step, vmapped over sequences)."""
+    """The reverse sweep over the forward kernel's saved tile boundaries, each tile recomputed and
+    differentiated by XLA (jax.vjp of common/minibatch.step, vmapped over sequences): the backward of
+    learners without a backward kernel (ttt_mlp)."""
     T0 = q.shape[1]
     q, k, v, lr, dz = pad_tiles(q, k, v, lr, dz)
     N, T, F = q.shape

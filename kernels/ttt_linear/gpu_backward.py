@@ -15,6 +15,26 @@ The per-mini-batch formulas (G1 = lr G, G2 = s_K lr G, P = (q k^T + 1) * causal 
     dPG = -s dZbar;  dP = dPG G1^T;  dG1 = P^T dPG;  dA = dP * mask;  dk += dA^T q
     dG2 = -(k dW' + db');  dk -= G2 dW'^T;  dG = lr dG1 + s_K lr dG2
     (dZ1, d(v - k)) = backward of G = LN-grad(Z1, v - k);  dk += dZ1 W^T - d(v - k);  dW += k^T dZ1
+
+Shared memory (bf16 operands; the lowering's own count, incl. 2 KiB of reduction scratch and the
+1024-byte alignment of every buffer; the limit is 232,448 bytes):
+
+- F = 64 (`backward`): 222,272 bytes. Tiles q, k, v, dz, four [64, F] temporaries, P and dA; W
+  (float32) and the stash of the 64 / K per-mini-batch weights (operand dtype); the float32 dL/dW
+  carry and its operand copy; dq, dk, dv accumulated in registers and staged in float32.
+- F = 128 (`_backward_wide`): 227,400 bytes. That layout would need ~560 KiB, so:
+  * no per-mini-batch weight stash: the recomputation keeps only G2 of the tile's mini-batches (their
+    rows are disjoint, one [64, F] buffer), and W at mini-batch m is rebuilt when needed as
+    W_0 - k^T (G2 rows before m) from the float32 boundary W_0, streamed from global memory in 64-row
+    blocks through one float32 [64, F] staging tile (one extra wgmma per block);
+  * the float32 dL/dW carry lives in global memory (in the dW_0 output, per program), updated by
+    64-row blocks through the same staging tile; its operand-dtype copy stays in shared memory;
+  * dq, dk, dv of a mini-batch occupy only its K rows: written out per mini-batch (K-row TMA slabs
+    of the staging tile), never accumulated;
+  * P is rebuilt every mini-batch so its buffer can hold dA; two [64, F] temporaries instead of four.
+  Buffers: q, k, v, dz, x, y, G2 [64, F] and W_m, dW' [F, F] (operand dtype), P/dA [64, 64], the staging
+  tile [64, F] float32, two vector buffers. Registers: [64, 128] float32 values are 64 registers per
+  thread, so the per-mini-batch VJP at F = 128 is expected to spill (not measured: no GPU was lent).
 """
 
 from __future__ import annotations
@@ -27,8 +47,6 @@ from jax.experimental import pallas as pl
 from .. import _mosaic_gpu as mg
 from .gpu_forward import TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_stats, matmul, rowb, transposer
 
-MAX_F_BACKWARD = 64  # shared memory: F = 128 needs more than Hopper's 227 KiB with this layout
-
 
 def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end, db_end):
     """Inputs as `gpu_forward.forward` plus its boundary states and the output cotangents
@@ -39,8 +57,11 @@ def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_s
     """
     g = mg.plgpu()
     N, T, F = q.shape
+    if F == 2 * TILE:
+        return _backward_wide(ts, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end,
+                              db_end)
     if F != TILE:
-        raise ValueError(f"head width F={F}: the Mosaic GPU ttt_linear backward kernel takes F = {TILE}")
+        raise ValueError(f"head width F={F}: the Mosaic GPU ttt_linear backward kernel takes F in (64, 128)")
     K, eps, op = ts.K, ts.eps, ts.op
     n_tiles = T // TILE
     n_sub = TILE // K
@@ -216,6 +237,233 @@ def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_s
     if ts.interpret:
         scratch += [_smem((F, TILE), op), _smem((F, F), op), _smem((F, TILE), op), _smem(t2, op),
                     _smem((F, TILE), op)]
+    row_t = jax.ShapeDtypeStruct((N, T), f32)
+    out_type = (jax.ShapeDtypeStruct((N * T, F), f32),) * 3 + (row_t,) * 3 + (
+        jax.ShapeDtypeStruct((N * F, F), f32),) + (jax.ShapeDtypeStruct((N, F), f32),) * 3
+    kern = g.kernel(body, out_type=out_type, grid=(N,), grid_names=("n",), scratch_types=scratch,
+                    interpret=mg.interpret_params(ts.interpret, ts.detect_races))
+    flat = lambda a: a.reshape(N * T, F)
+    outs = kern(flat(q), flat(k), flat(v), flat(dz), lr, lrl, s_tile, w_bounds.reshape(N * n_tiles * F, F), b_bounds,
+                ln_scale, ln_bias, dw_end.reshape(N * F, F), db_end)
+    dq, dk, dv, dlr, dlrl, ds, dw0, db0, dgam, dbet = outs
+    un = lambda a: a.reshape(N, T, F)
+    return un(dq), un(dk), un(dv), dlr, dlrl, ds, dw0.reshape(N, F, F), db0, dgam, dbet
+
+
+def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end,
+                   db_end):
+    """F = 128 (arguments and results as `backward`): the same per-mini-batch VJP in a layout that fits
+    232,448 bytes of shared memory (see the module docstring)."""
+    g = mg.plgpu()
+    N, T, F = q.shape
+    K, eps, op = ts.K, ts.eps, ts.op
+    n_tiles = T // TILE
+    n_sub = TILE // K
+    n_blk = F // TILE  # 64-row blocks of an F x F matrix (the f32 staging tile holds one)
+    row_vec, col_vec, full = mg.layout_fns(ts.interpret)
+    tr = transposer(ts.interpret)
+    f32 = jnp.float32
+    shp, t2 = (TILE, F), (TILE, TILE)
+
+    def body(q_ref, k_ref, v_ref, dz_ref, lr_ref, lrl_ref, s_ref, wb_ref, bb_ref, lns_ref, lnb_ref, dwe_ref,
+             dbe_ref,
+             dq_ref, dk_ref, dv_ref, dlr_ref, dlrl_ref, ds_ref, dw0_ref, db0_ref, dgam_ref, dbet_ref,
+             q_s, k_s, v_s, dz_s, p_s, x_s, y_s, g2_s, wm_s, dwc_s, h_s, tv_s, fv_s, bars, *tscr):
+        n = lax.axis_index("n")
+        # small vectors share two buffers (every scratch buffer is 1024-byte aligned)
+        lr_s, lrl_s, s_s, r1_s, r2_s, r3_s = (tv_s.at[pl.ds(i * TILE, TILE)] for i in range(6))
+        vec_s, lns_s, lnb_s = (fv_s.at[pl.ds(i * F, F)] for i in range(3))
+        sc = (lambda i: tscr[i]) if tscr else (lambda i: None)  # interpreter-only transpose scratch
+        blk = lambda h: pl.ds(h * TILE, TILE)  # rows (or columns) of block h
+
+        def load_h(src):
+            """h_s <- a [TILE, F] float32 block of global memory (after h_s's last store has left)."""
+            g.wait_smem_to_gmem(0)
+            g.copy_gmem_to_smem(src, h_s, bars.at[8])
+            g.barrier_wait(bars.at[8])
+
+        def store_h(val, dst):
+            """h_s <- val, then h_s (or the rows `dst` names) -> global memory (asynchronous)."""
+            g.wait_smem_to_gmem(0)
+            h_s[...] = val
+            g.commit_smem()
+            g.copy_smem_to_gmem(h_s if dst[1] is None else h_s.at[dst[1]], dst[0])
+
+        for i, (src, dst) in enumerate(((dbe_ref.at[n], vec_s), (lns_ref.at[n], lns_s), (lnb_ref.at[n], lnb_s),
+                                        (s_ref, s_s))):
+            g.copy_gmem_to_smem(src, dst, bars.at[i])
+        for i in range(4):
+            g.barrier_wait(bars.at[i])
+        dbc0 = col_vec(vec_s[...])
+        gam_v, bet_v = col_vec(lns_s[...]), col_vec(lnb_s[...])
+        zero_col = gam_v * 0.0
+        # the dL/dW carry lives in global memory (dw0_ref, float32), its operand-dtype copy in dwc_s
+        for h in range(n_blk):
+            load_h(dwe_ref.at[pl.ds(n * F + h * TILE, TILE)])
+            w_blk = h_s[...]
+            dwc_s[blk(h), :] = w_blk.astype(op)
+            store_h(w_blk, (dw0_ref.at[pl.ds(n * F + h * TILE, TILE)], None))
+        g.commit_smem()
+
+        def tile(i, carry):
+            dbc, dgam, dbet = carry
+            t = n_tiles - 1 - i
+            tok = n * T + t * TILE
+            rows = pl.ds(tok, TILE)
+            g.wait_smem_to_gmem(0)  # the previous tile's outputs have left h_s, r*_s
+            for j, (src, dst) in enumerate(((q_ref, q_s), (k_ref, k_s), (v_ref, v_s), (dz_ref, dz_s))):
+                g.copy_gmem_to_smem(src.at[rows], dst, bars.at[j])
+            g.copy_gmem_to_smem(lr_ref.at[n, pl.ds(t * TILE, TILE)], lr_s, bars.at[4])
+            g.copy_gmem_to_smem(lrl_ref.at[n, pl.ds(t * TILE, TILE)], lrl_s, bars.at[5])
+            g.copy_gmem_to_smem(bb_ref.at[n, t], vec_s, bars.at[6])
+            for j in range(7):
+                g.barrier_wait(bars.at[j])
+
+            gamma, beta = colb(gam_v, shp), colb(bet_v, shp)
+            s_row = rowb(row_vec(s_s[...]), shp)
+            lr_row = rowb(row_vec(lr_s[...]), shp)
+            lrl_row = rowb(row_vec(lrl_s[...]), shp)
+            ri = full(lax.broadcasted_iota(jnp.int32, t2, 0))
+            ci = full(lax.broadcasted_iota(jnp.int32, t2, 1))
+            rf = full(lax.broadcasted_iota(jnp.int32, shp, 0))
+            mask = None
+            for m in range(n_sub):
+                bm = (ri >= m * K) & (ri < (m + 1) * K) & (ci >= m * K) & (ci < (m + 1) * K)
+                mask = bm if mask is None else mask | bm
+            mask = mask & (ci <= ri)
+
+            def target():
+                return v_s[...].astype(f32) - k_s[...].astype(f32)
+
+            def build_w(m):
+                """wm_s <- W at mini-batch m's start in the operand dtype: the tile's boundary W_0 (float32,
+                global memory) minus k^T G2 of the mini-batches before m (rows < m K of g2_s)."""
+                if m:
+                    y_s[...] = jnp.where(rf < m * K, g2_s[...].astype(f32), 0.0).astype(op)
+                    g.commit_smem()
+                for h in range(n_blk):
+                    load_h(wb_ref.at[pl.ds((n * n_tiles + t) * F + h * TILE, TILE)])
+                    w_blk = h_s[...]
+                    if m:
+                        w_blk = w_blk - matmul(tr(k_s.at[:, blk(h)], sc(4)), y_s, shp)
+                    wm_s[blk(h), :] = w_blk.astype(op)
+                g.commit_smem()
+
+            def inner(b, in_m):
+                """G (rows of m) at weights (wm_s, b)."""
+                z1 = matmul(k_s, wm_s, shp) + colb(b, shp)
+                gr, xh, inv_std, gh = ln_l2_grad(z1, target(), gamma, beta, F, eps)
+                return jnp.where(in_m, gr, 0.0), xh, inv_std, gh
+
+            # recompute G2 of each mini-batch but the last (disjoint rows of g2_s) and the biases
+            b = col_vec(vec_s[...])
+            bs = [b]
+            for m in range(n_sub - 1):
+                in_m = (rf >= m * K) & (rf < (m + 1) * K)
+                build_w(m)
+                gr, _, _, _ = inner(b, in_m)
+                g2 = lrl_row * gr
+                g2_s[...] = (g2 if m == 0 else jnp.where(in_m, g2, g2_s[...].astype(f32))).astype(op)
+                g.commit_smem()
+                b = b - g2.sum(axis=0)
+                bs.append(b)
+
+            def emit(val, ref, m):
+                """Rows of mini-batch m of a [TILE, F] result -> global memory."""
+                store_h(val, (ref.at[pl.ds(tok + m * K, K)], pl.ds(m * K, K)))
+
+            dlr = dlrl = dsr = None
+            for m in reversed(range(n_sub)):
+                in_m = (rf >= m * K) & (rf < (m + 1) * K)
+                b = bs[m]
+                build_w(m)
+                p_s[...] = jnp.where(mask, matmul(q_s, tr(k_s, sc(0)), t2) + 1.0, 0.0).astype(op)
+                gr, xh, inv_std, gh = inner(b, in_m)
+                g1, g2 = lr_row * gr, lrl_row * gr
+                x_s[...] = g1.astype(op)
+                y_s[...] = g2.astype(op)
+                g.commit_smem()
+                # through the commit W' = W - k^T G2, b' = b - colsum(G2), with the carried dW' (dwc_s), db'
+                dk = -matmul(y_s, tr(dwc_s, sc(1)), shp)
+                dg2 = jnp.where(in_m, -(matmul(k_s, dwc_s, shp) + colb(dbc, shp)), 0.0)
+                pg = matmul(p_s, x_s, shp)
+                zbar = matmul(q_s, wm_s, shp) + colb(b, shp) - s_row * pg
+                yh, inv2 = ln_stats(zbar, F, eps)
+                dzm = jnp.where(in_m, dz_s[...].astype(f32), 0.0)
+                dgam = dgam + (dzm * yh).sum(axis=0)
+                dbet = dbet + dzm.sum(axis=0)
+                dyh = dzm * gamma
+                dzbar = rowb(inv2, shp) * (dyh - rowb(dyh.sum(axis=1) / F, shp)
+                                           - yh * rowb((dyh * yh).sum(axis=1) / F, shp))
+                dsr_m = -(dzbar * pg).sum(axis=1)
+                dsr = dsr_m if dsr is None else dsr + dsr_m
+                y_s[...] = dzbar.astype(op)
+                g.commit_smem()
+                dq = dzm + matmul(y_s, tr(wm_s, sc(1)), shp)
+                y_s[...] = (-s_row * dzbar).astype(op)  # dPG
+                g.commit_smem()
+                dp = matmul(y_s, tr(x_s, sc(2)), t2)
+                dg1 = matmul(tr(p_s, sc(3)), y_s, shp)
+                p_s[...] = jnp.where(mask, dp, 0.0).astype(op)  # dA (P is rebuilt next mini-batch)
+                g.commit_smem()
+                dq = dq + matmul(p_s, k_s, shp)
+                dk = dk + matmul(tr(p_s, sc(3)), q_s, shp)
+                emit(dq, dq_ref, m)
+                dg = lr_row * dg1 + lrl_row * dg2
+                dlr_m, dlrl_m = (dg1 * gr).sum(axis=1), (dg2 * gr).sum(axis=1)
+                dlr = dlr_m if dlr is None else dlr + dlr_m
+                dlrl = dlrl_m if dlrl is None else dlrl + dlrl_m
+                # through G = LN-grad(Z1, v - k)
+                inv = rowb(inv_std, shp)
+                c = inv * (1.0 / F)
+                dg_xh = rowb((dg * xh).sum(axis=1), shp)
+                dgh = inv * dg - c * rowb(dg.sum(axis=1), shp) - c * dg_xh * xh
+                dxh = -c * rowb((gh * xh).sum(axis=1), shp) * dg - c * dg_xh * gh + dgh * gamma * gamma
+                dtg = -dgh * gamma
+                dgam = dgam + (dgh * (2.0 * xh * gamma + beta - target())).sum(axis=0)
+                dbet = dbet + (dgh * gamma).sum(axis=0)
+                tot = rowb((dxh * xh).sum(axis=1) + (dg * gr).sum(axis=1), shp)
+                dz1 = inv * (dxh - rowb(dxh.sum(axis=1) / F, shp) - xh * tot * (1.0 / F))
+                x_s[...] = dz1.astype(op)
+                y_s[...] = dzbar.astype(op)
+                g.commit_smem()
+                dk = dk + matmul(x_s, tr(wm_s, sc(1)), shp) - dtg
+                emit(dk, dk_ref, m)
+                emit(dtg, dv_ref, m)
+                # dW (at the mini-batch start) = dW' + q^T dZbar + k^T dZ1, one 64-row block at a time
+                for h in range(n_blk):
+                    dst = dw0_ref.at[pl.ds(n * F + h * TILE, TILE)]
+                    load_h(dst)
+                    upd = (h_s[...] + matmul(tr(q_s.at[:, blk(h)], sc(4)), y_s, shp)
+                           + matmul(tr(k_s.at[:, blk(h)], sc(5)), x_s, shp))
+                    dwc_s[blk(h), :] = upd.astype(op)
+                    store_h(upd, (dst, None))
+                g.commit_smem()
+                dbc = dbc + dzbar.sum(axis=0) + dz1.sum(axis=0)
+
+            r1_s[...], r2_s[...], r3_s[...] = dlr, dlrl, dsr
+            g.commit_smem()
+            for src, dst in ((r1_s, dlr_ref), (r2_s, dlrl_ref), (r3_s, ds_ref)):
+                g.copy_smem_to_gmem(src, dst.at[n, pl.ds(t * TILE, TILE)])
+            return dbc, dgam, dbet
+
+        dbc, dgam, dbet = lax.fori_loop(0, n_tiles, tile, (dbc0, zero_col, zero_col))
+        g.wait_smem_to_gmem(0)
+        for vec, buf in ((dbc, vec_s), (dgam, lns_s), (dbet, lnb_s)):
+            buf[...] = vec
+        g.commit_smem()
+        for ref, buf in ((db0_ref, vec_s), (dgam_ref, lns_s), (dbet_ref, lnb_s)):
+            g.copy_smem_to_gmem(buf, ref.at[n])
+        g.wait_smem_to_gmem(0)
+
+    scratch = [_smem(shp, op) for _ in range(4)]  # q, k, v, dz
+    scratch += [_smem(t2, op), _smem(shp, op), _smem(shp, op), _smem(shp, op)]  # P / dA, x, y, G2 of the tile
+    scratch += [_smem((F, F), op), _smem((F, F), op), _smem(shp, f32)]  # W_m, dW' (operand dtype), staging
+    scratch += [_smem((6 * TILE,), f32), _smem((3 * F,), f32)]  # lr, lrl, s, 3 gradient rows; b, gamma, beta
+    scratch += [g.Barrier(num_barriers=9)]
+    if ts.interpret:
+        scratch += [_smem((F, TILE), op), _smem((F, F), op), _smem((F, TILE), op), _smem(t2, op),
+                    _smem(t2, op), _smem(t2, op)]
     row_t = jax.ShapeDtypeStruct((N, T), f32)
     out_type = (jax.ShapeDtypeStruct((N * T, F), f32),) * 3 + (row_t,) * 3 + (
         jax.ShapeDtypeStruct((N * F, F), f32),) + (jax.ShapeDtypeStruct((N, F), f32),) * 3
