@@ -3,9 +3,10 @@
 What runs where (full mini-batches; head/tail partial mini-batches run in XLA, kernels/common/fused.py):
 - forward: the Mosaic GPU kernel in gpu_forward.py (F = 64 only: the float32 state must fit shared memory),
   saving a boundary state every 64-token tile whatever `spec.group` says;
-- backward: NOT a Mosaic GPU kernel. The reverse sweep over the forward kernel's saved group
-  boundaries, each group recomputed and differentiated by XLA (ttt_linear.gpu_backend._xla_backward);
-- decode: the XLA decode math (common/minibatch.decode_rows), not a kernel.
+- backward: the Mosaic GPU kernel in gpu_backward.py (reverse sweep over the forward kernel's tile
+  boundaries, recomputation, hand-written VJP; the dL/dW carry in global memory); the gradients of
+  lr and token_scale are folded from its per-token rows here;
+- decode: the Mosaic GPU kernel in gpu_decode.py (one token per sequence, batched over sequences).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import jax.numpy as jnp
 
 from ..common import minibatch
 from ..common.registry import KernelBackend, KernelSpec
-from ..ttt_linear.gpu_backend import GPUSpec, _xla_backward, pad_tiles  # noqa: F401  (GPUSpec: the spec with matmul_dtype)
+from ..ttt_linear.gpu_backend import GPUSpec, pad_tiles  # noqa: F401  (GPUSpec: the spec with matmul_dtype)
 from ..ttt_linear.gpu_forward import TILE, GPUTileSpec
-from . import gpu_forward
+from . import gpu_backward, gpu_forward
+from . import gpu_decode
 
 
 def _tile_spec(spec: KernelSpec, F: int, K: int) -> GPUTileSpec:
@@ -45,12 +47,36 @@ def forward(spec: KernelSpec, q, k, v, lr, s, ws, ln_scale, ln_bias):
 
 
 def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
-    _tile_spec(spec, q.shape[-1], s.shape[0])
-    return _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final)
+    N, T, F = q.shape
+    K = s.shape[0]
+    ts = _tile_spec(spec, F, K)
+    op = ts.op
+    qp, kp, vp, lrp, dzp = pad_tiles(q, k, v, lr, dz)  # the forward's padding: zero rates, zero cotangents
+    w1b, b1b, w2b, b2b = ws_bounds
+    dw1e, db1e, dw2e, db2e = dws_final
+    dq, dk, dv, dlr, ds_tok, dsk_tok, (dw1, db1, dw2, db2), dgam, dbet = gpu_backward.backward(
+        ts, qp.astype(op), kp.astype(op), vp.astype(op), dzp.astype(op), lrp[..., 0], jnp.tile(s[:, 0], TILE // K),
+        jnp.broadcast_to(s[-1, 0], (F,)), w1b, b1b[:, :, 0], w2b, b2b[:, :, 0], ln_scale[:, 0], ln_bias[:, 0],
+        dw1e, db1e[:, 0], dw2e, db2e[:, 0])
+    ds = ds_tok.reshape(N, -1, K).sum(1).at[:, K - 1].add(dsk_tok.sum(1))  # per sequence, by position
+    cut = lambda a: a[:, :T]
+    return (cut(dq), cut(dk), cut(dv), cut(dlr)[..., None], ds[..., None], (dw1, db1[:, None], dw2, db2[:, None]),
+            dgam[:, None], dbet[:, None])
 
 
 def decode(spec: KernelSpec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs):
-    return minibatch.decode_rows(ws, accs, q, k, v, lr, sp[:, :1], sp[:, 1:], ln_scale, ln_bias, spec.eps)
+    """The Mosaic GPU decode kernel (gpu_decode.py: float32 vector math, hidden chunks streamed by TMA)."""
+    N, F = q.shape
+    reason = gpu_forward.check(F, 16, "bfloat16", interpret=False)
+    if reason:
+        raise ValueError(reason)
+    ts = GPUTileSpec(F=F, K=1, eps=spec.eps, operand_dtype="float32", interpret=spec.interpret,
+                     detect_races=spec.detect_races)
+    (w1, b1, w2, b2), (a1, ab1, a2, ab2) = ws, accs
+    z, *new = gpu_decode.decode(ts, q, k, v, lr[:, 0], sp[0, 0], sp[0, 1], ln_scale, ln_bias, w1, b1[:, 0], w2,
+                                b2[:, 0], a1, ab1[:, 0], a2, ab2[:, 0])
+    w1, b1, w2, b2, a1, ab1, a2, ab2 = new
+    return z, (w1, b1[:, None], w2, b2[:, None]), (a1, ab1[:, None], a2, ab2[:, None])
 
 
 def unsupported(learner, F: int, K: int) -> str | None:
