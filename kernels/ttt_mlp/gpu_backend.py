@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..common import minibatch
 from ..common.registry import KernelBackend, KernelSpec
 from ..ttt_linear.gpu_backend import GPUSpec, pad_tiles  # noqa: F401  (GPUSpec: the spec with matmul_dtype)
 from ..ttt_linear.gpu_forward import TILE, GPUTileSpec
