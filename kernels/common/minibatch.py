@@ -9,7 +9,8 @@ and K tokens q, k, v [K, F], lr [K, 1], row factors s [K, 1]:
     z = q + LN(Zbar_L),   W_l' = W_l - s_K X_l(k)^T Gl,   b_l' = b_l - s_K sum_rows(Gl)
 
 which equals `Learner.segment` + `commit` in ttc_jax.ttt.learners (eta[i, j] = s_i lr_j, j <= i).
-The backward kernel differentiates this function with `jax.vjp` inside the kernel body.
+`step` is assembled from `inner_parts` (the k-path) and `q_path` (the causal products), which
+`minibatch_vjp.step_fwd` reuses to keep what its hand-written backward needs.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def causal_ones(n: int):
     return jnp.where(j <= i, 1.0, 0.0).astype(jnp.float32)
 
 
-def inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots: Dots = F32):
-    """Layer inputs X_l(k) and lr-free output gradients G_l at ws = (w1, b1, ...)."""
+def inner_parts(ws, k, v, ln_scale, ln_bias, eps, dots: Dots = F32):
+    """The k-path at ws = (w1, b1, ...): layer inputs X_l(k), pre-activations Z_l,
+    H_l = G_{l+1} W_{l+1}^T (l < L; G_l = H_l * gelu'(Z_l)) and lr-free output gradients G_l."""
     n_layers = len(ws) // 2
     xs, zs, x = [], [], k
     for i in range(n_layers):
@@ -73,11 +75,37 @@ def inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots: Dots = F32):
         zs.append(z)
         x = gelu_tanh(z) if i < n_layers - 1 else z
     g = ln_l2_grad(zs[-1], v - k, ln_scale, ln_bias, eps)
-    gs = [g]
+    gs, hs = [g], []
     for i in range(n_layers - 1, 0, -1):
-        g = dots.mm_nt(g, ws[2 * i]) * gelu_tanh_grad(zs[i - 1])
+        h = dots.mm_nt(g, ws[2 * i])
+        g = h * gelu_tanh_grad(zs[i - 1])
+        hs.insert(0, h)
         gs.insert(0, g)
+    return xs, zs, hs, gs
+
+
+def inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots: Dots = F32):
+    """Layer inputs X_l(k) and lr-free output gradients G_l at ws = (w1, b1, ...)."""
+    xs, _, _, gs = inner_parts(ws, k, v, ln_scale, ln_bias, eps, dots)
     return xs, gs
+
+
+def q_path(ws, q, xs, gls, s, dots: Dots = F32):
+    """The q-path with the causal eta products: per layer the input Xq_l, the masked
+    A_l = tril(Xq_l X_l^T + 1), P_l = A_l Gl_l and Zbar_l = Xq_l W_l + b_l - s * P_l."""
+    n_layers = len(ws) // 2
+    mask = causal_ones(q.shape[0])
+    xqs, amats, ps, zbs, x = [], [], [], [], q
+    for i in range(n_layers):
+        xqs.append(x)
+        a = (dots.mm_nt(x, xs[i]) + 1.0) * mask
+        p = dots.mm(a, gls[i])
+        z = dots.mm(x, ws[2 * i]) + ws[2 * i + 1] - s * p
+        amats.append(a)
+        ps.append(p)
+        zbs.append(z)
+        x = gelu_tanh(z) if i < n_layers - 1 else z
+    return xqs, amats, ps, zbs
 
 
 def _commit(ws, xs, gls, s_last, dots):
@@ -96,16 +124,10 @@ def update(ws, k, v, lr, s, ln_scale, ln_bias, eps, dots: Dots = F32):
 
 def step(ws, q, k, v, lr, s, ln_scale, ln_bias, eps, dots: Dots = F32):
     """(z [K, F], weights after the mini-batch) for one full mini-batch."""
-    n_layers = len(ws) // 2
-    xs, gs = inner_grads(ws, k, v, ln_scale, ln_bias, eps, dots)
+    xs, _, _, gs = inner_parts(ws, k, v, ln_scale, ln_bias, eps, dots)
     gls = [lr * g for g in gs]
-    mask = causal_ones(q.shape[0])
-    x = q
-    for i in range(n_layers):
-        a = (dots.mm_nt(x, xs[i]) + 1.0) * mask
-        z = dots.mm(x, ws[2 * i]) + ws[2 * i + 1] - s * dots.mm(a, gls[i])
-        x = gelu_tanh(z) if i < n_layers - 1 else z
-    out = q + layer_norm(x, ln_scale, ln_bias, eps)
+    zbs = q_path(ws, q, xs, gls, s, dots)[3]
+    out = q + layer_norm(zbs[-1], ln_scale, ln_bias, eps)
     return out, _commit(ws, xs, gls, s[-1:, :], dots)
 
 
