@@ -32,7 +32,7 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     f32 = jnp.float32
     tile = lambda *sh: jax.ShapeDtypeStruct(sh, f32)
     res_shapes = jax.eval_shape(
-        lambda ws, x, c, r: minibatch_vjp.step_fwd(ws, x, x, x, c, c, r, r, eps, dots(spec))[2],
+        lambda ws, x, c, r: _stashed(minibatch_vjp.step_fwd(ws, x, x, x, c, c, r, r, eps, dots(spec))[2]),
         tuple(tile(*sh) for sh in wshapes), tile(K, F), tile(K, 1), tile(1, F))
     res_leaves, res_tree = jax.tree.flatten(res_shapes)
     n_res = len(res_leaves)
@@ -65,7 +65,7 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
             r = rows(j)
             _, ws, res = minibatch_vjp.step_fwd(ws, q_ref[r, :], k_ref[r, :], v_ref[r, :], lr_ref[r, :], s_, gam, bet,
                                                 eps, dots(spec))
-            for st, a in zip(stash, jax.tree.leaves(res)):
+            for st, a in zip(stash, jax.tree.leaves(_stashed(res))):
                 st[j] = a.astype(st.dtype)
             return ws
 
@@ -76,6 +76,9 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
             j = group - 1 - jj
             r = rows(j)
             res = jax.tree.unflatten(res_tree, [st[j] for st in stash])
+            q, k = (a.astype(f32) for a in (q_ref[r, :], k_ref[r, :]))
+            res = res._replace(target=(v_ref[r, :] - k_ref[r, :]).astype(f32), lr=lr_ref[r, :], s=s_, ln_scale=gam,
+                               ln_bias=bet, xs=(k, *res.xs[1:]), xqs=(q, *res.xqs[1:]))
             dws, dq, dk, dv, dlr, ds, dgam, dbet = minibatch_vjp.step_bwd(res, dz_ref[r, :], dws, eps, dots(spec))
             dq_ref[r, :] = dq
             dk_ref[r, :] = dk
@@ -124,3 +127,8 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     dq, dk, dv, dlr, ds, dlns, dlnb = outs[:7]
     return dq, dk, dv, dlr, ds, tuple(outs[7:]), dlns, dlnb
 
+
+def _stashed(res: minibatch_vjp.Residuals) -> minibatch_vjp.Residuals:
+    """The residuals kept in VMEM per mini-batch: not the inputs the sweep rereads (q, k, v, lr) nor the constants."""
+    return res._replace(target=None, lr=None, s=None, ln_scale=None, ln_bias=None, xs=(None, *res.xs[1:]),
+                        xqs=(None, *res.xqs[1:]))
