@@ -88,9 +88,9 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
     def body(q_ref, k_ref, v_ref, dz_ref, lr_ref, s_ref, sk_ref, w1b_ref, b1b_ref, w2b_ref, b2b_ref, lns_ref,
              lnb_ref, dw1e_ref, db1e_ref, dw2e_ref, db2e_ref,
              dq_ref, dk_ref, dv_ref, dlr_ref, ds_ref, dsk_ref, dw1_ref, db1_ref, dw2_ref, db2_ref, dgam_ref,
-             dbet_ref, stash_ref,
-             q_s, k_s, dz_s, p_s, lr_s, s_s, sk_s, lns_s, lnb_s, b2_s, r1_s, r2_s, r3_s, bars, *rest):
-        b1_s, tscr = rest[:C], rest[C:]
+             dbet_ref, stash_ref, b1stash_ref,
+             q_s, k_s, dz_s, p_s, lr_s, s_s, sk_s, lns_s, lnb_s, b2_s, r1_s, r2_s, r3_s, b1_s, b1m_s, db1_s, bars,
+             *tscr):
         n = lax.axis_index("n")
         sc = tscr[0] if tscr else None  # interpreter-only transpose scratch
         t_ = lambda ref: tr(ref, sc)
@@ -98,6 +98,7 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
         w1_rows = lambda c, t=None: pl.ds(((n if t is None else n * n_tiles + t) * C + c) * F, F)
         w2_rows = lambda c, t=None: pl.ds(((n if t is None else n * n_tiles + t) * C + c) * HC, HC)
         stash_rows = lambda m, j: pl.ds(((n * n_sub + m) * 2 * C + j) * F, F)
+        b1_rows = lambda i: pl.ds(i * C, C)  # the C chunks of a b1 vector stored as [C, HC] rows
 
         def load(pairs):
             for i, (src, dst) in enumerate(pairs):
@@ -105,30 +106,36 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
             for i in range(len(pairs)):
                 g.barrier_wait(bars.at[i])
 
+        def chunks(fn, init):
+            """lax.fori_loop over the C hidden chunks (one copy of the chunk code, not C)."""
+            return lax.fori_loop(0, C, fn, init)
+
         # -- sequence start: constants, the db carry, and the dW carry (GMEM) <- dW_end ------------------
-        load([(lns_ref.at[n], lns_s), (lnb_ref.at[n], lnb_s), (s_ref, s_s), (sk_ref, sk_s), (db2e_ref.at[n], b2_s)]
-             + [(db1e_ref.at[n, pl.ds(c * HC, HC)], b1_s[c]) for c in range(C)])
+        load([(lns_ref.at[n], lns_s), (lnb_ref.at[n], lnb_s), (s_ref, s_s), (sk_ref, sk_s), (db2e_ref.at[n], b2_s),
+              (db1e_ref.at[b1_rows(n)], db1_s)])
         gam_v, bet_v = col_vec(lns_s[...]), col_vec(lnb_s[...])
-        db1_0 = tuple(col_vec(b1_s[c][...]) for c in range(C))
         db2_0 = col_vec(b2_s[...])
 
         def init_carry(st):
-            for c in range(C):
+            def one(c, carry):
                 for src, dst, rows in ((dw1e_ref, dw1_ref, w1_rows(c)), (dw2e_ref, dw2_ref, w2_rows(c))):
                     load([(src.at[rows], st)])
                     g.copy_smem_to_gmem(st, dst.at[rows])
                     g.wait_smem_to_gmem(0)
+                return carry
+
+            chunks(one, 0)
 
         pl.run_scoped(init_carry, _smem(shp, f32))
 
         def tile(i, carry):
-            db1, db2, dgam, dbet = carry
+            db2, dgam, dbet = carry
             t = n_tiles - 1 - i
             rows = pl.ds(n * T + t * TILE, TILE)
             g.wait_smem_to_gmem(0)  # the previous tile's row outputs have left r*_s
             load([(q_ref.at[rows], q_s), (k_ref.at[rows], k_s), (dz_ref.at[rows], dz_s),
-                  (lr_ref.at[n, pl.ds(t * TILE, TILE)], lr_s), (b2b_ref.at[n, t], b2_s)]
-                 + [(b1b_ref.at[n, t, pl.ds(c * HC, HC)], b1_s[c]) for c in range(C)])
+                  (lr_ref.at[n, pl.ds(t * TILE, TILE)], lr_s), (b2b_ref.at[n, t], b2_s),
+                  (b1b_ref.at[b1_rows(n * n_tiles + t)], b1_s)])
 
             gamma, beta = colb(gam_v, shp), colb(bet_v, shp)
             sk_f = colb(col_vec(sk_s[...]), shp)  # s_K everywhere
@@ -145,19 +152,21 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
             p_s[...] = jnp.where(mask, matmul(q_s, t_(k_s), tt) + 1.0, 0.0).astype(op)
             g.commit_smem()
             in_mb = [(rf >= m * K) & (rf < (m + 1) * K) for m in range(n_sub)]
-            b1_t = tuple(col_vec(b1_s[c][...]) for c in range(C))
             b2_t = col_vec(b2_s[...])
+            zero = full(jnp.zeros(shp, f32))
+            zero_row = row_vec(jnp.zeros((TILE,), f32))
 
             # -- phase 1: recompute the weights at every mini-batch start; stash them (operand dtype) ------
             def recompute(w1_32, w2_32, w1c, w2c, x2_s, gl1_s, gl2_s, v_s):
                 load([(w1b_ref.at[w1_rows(c, t)], w1_32.at[c]) for c in range(C)]
                      + [(w2b_ref.at[w2_rows(c, t)], w2_32.at[c]) for c in range(C)] + [(v_ref.at[rows], v_s)])
                 target = v_s[...].astype(f32) - k_s[...].astype(f32)
-                b1, b2 = list(b1_t), b2_t
-                bs = []
+                b2 = b2_t
+                b2s = []
+                b1c = lambda c: colb(col_vec(b1_s[c]), hshp)
 
                 def stage(c, m=None):
-                    g.wait_smem_to_gmem(0, wait_read_only=True)  # earlier stash copies have read w1c, w2c
+                    g.wait_smem_to_gmem(0, wait_read_only=True)  # earlier stash copies have read w1c, w2c, b1_s
                     w1c[...] = w1_32[c].astype(op)
                     w2c[...] = w2_32[c].astype(op)
                     g.commit_smem()
@@ -166,44 +175,50 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         g.copy_smem_to_gmem(w2c, stash_ref.at[stash_rows(m, C + c)])
 
                 for m in range(n_sub):
-                    bs.append((tuple(b1), b2))
+                    b2s.append(b2)
+                    g.copy_smem_to_gmem(b1_s, b1stash_ref.at[b1_rows(n * n_sub + m)])
                     if m == n_sub - 1:
-                        for c in range(C):
-                            stage(c, m)
+                        chunks(lambda c, carry: (stage(c, m), carry)[1], 0)
                         break
-                    z2 = colb(b2, shp)
-                    for c in range(C):
+
+                    def pass1(c, z2, m=m):
                         stage(c, m)
-                        x2_s[...] = gelu(matmul(k_s, w1c, hshp) + colb(b1[c], hshp)).astype(op)
+                        x2_s[...] = gelu(matmul(k_s, w1c, hshp) + b1c(c)).astype(op)
                         g.commit_smem()
-                        z2 = z2 + matmul(x2_s, w2c, shp)
+                        return z2 + matmul(x2_s, w2c, shp)
+
+                    z2 = chunks(pass1, full(colb(b2, shp)))
                     gr, _, _, _ = ln_l2_grad(z2, target, gamma, beta, F, eps)
                     gl2 = lr_row * jnp.where(in_mb[m], gr, 0.0)
                     gl2_s[...] = gl2.astype(op)
-                    for c in range(C):
+
+                    def pass2(c, carry):
                         stage(c)
-                        z1 = matmul(k_s, w1c, hshp) + colb(b1[c], hshp)
+                        b1v = b1c(c)
+                        z1 = matmul(k_s, w1c, hshp) + b1v
                         x2_s[...] = gelu(z1).astype(op)
                         gl1 = matmul(gl2_s, t_(w2c), hshp) * gelu_grad(z1)
                         gl1_s[...] = gl1.astype(op)
                         g.commit_smem()
                         w1_32[c] = w1_32[c] - sk_f * matmul(t_(k_s), gl1_s, (F, HC))
-                        b1[c] = b1[c] - (sk_f * gl1).sum(axis=0)
+                        b1_s[c] = col_vec(b1_s[c]) - (sk_f * gl1).sum(axis=0)
                         w2_32[c] = w2_32[c] - sk_f * matmul(t_(x2_s), gl2_s, (HC, F))
+                        g.commit_smem()
+                        return carry
+
+                    chunks(pass2, 0)
                     b2 = b2 - (sk_f * gl2).sum(axis=0)
                 g.wait_smem_to_gmem(0)  # the stash is in global memory before the sweep reads it
-                return target, bs
+                return target, b2s
 
-            target, bs = pl.run_scoped(
+            target, b2s = pl.run_scoped(
                 recompute, g.SMEM((C, F, HC), f32, **mg.swizzled(f32, (F, HC))),
                 g.SMEM((C, HC, F), f32, **mg.swizzled(f32, (HC, F))), *[_smem(shp, op) for _ in range(6)])
 
             # -- phase 2: the reverse sweep over the tile's mini-batches ----------------------------------
-            def sweep(wop, st1, st2, gl2_s, dzb2_s, da2_s, t1, t2, t3, tdw, db1=db1, db2=db2, dgam=dgam, dbet=dbet):
-                db1 = list(db1)
+            def sweep(wop, st1, st2, gl2_s, dzb2_s, da2_s, t1, t2, t3, tdw, db2=db2, dgam=dgam, dbet=dbet):
                 W1 = lambda c: wop.at[c]
                 W2 = lambda c: wop.at[C + c]
-                zero = jnp.zeros(shp, f32)
                 dq = dk = dv = zero
                 dlr = ds = dsk = None
 
@@ -218,11 +233,13 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
 
                 for m in reversed(range(n_sub)):
                     in_m = in_mb[m]
-                    b1m, b2m = bs[m]
-                    load([(stash_ref.at[stash_rows(m, j)], wop.at[j]) for j in range(2 * C)])
+                    b2m = b2s[m]
+                    load([(stash_ref.at[stash_rows(m, j)], wop.at[j]) for j in range(2 * C)]
+                         + [(b1stash_ref.at[b1_rows(n * n_sub + m)], b1m_s)])
+                    b1c = lambda c: colb(col_vec(b1m_s[c]), hshp)
 
                     def z1_of(c):
-                        return matmul(k_s, W1(c), hshp) + colb(b1m[c], hshp)
+                        return matmul(k_s, W1(c), hshp) + b1c(c)
 
                     def forward_chunk(c, gl2_s=gl2_s):
                         """Z1_c, H1_c, Gl1_c, P1 Gl1_c, Zb1_c; leaves X2_c in t1, Gl1_c in t2, Y_c in t3."""
@@ -233,29 +250,31 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         t2[...] = gl1.astype(op)
                         g.commit_smem()
                         pg1 = matmul(p_s, t2, hshp)
-                        zb1 = matmul(q_s, W1(c), hshp) + colb(b1m[c], hshp) - s_row * pg1
+                        zb1 = matmul(q_s, W1(c), hshp) + b1c(c) - s_row * pg1
                         t3[...] = gelu(zb1).astype(op)
                         g.commit_smem()
                         return z1, h1, gl1, pg1, zb1
 
                     # phase A: Z2 and G2 at the mini-batch's start weights
-                    z2 = colb(b2m, shp)
-                    for c in range(C):
+                    def phase_a(c, z2):
                         t1[...] = gelu(z1_of(c)).astype(op)
                         g.commit_smem()
-                        z2 = z2 + matmul(t1, W2(c), shp)
+                        return z2 + matmul(t1, W2(c), shp)
+
+                    z2 = chunks(phase_a, full(colb(b2m, shp)))
                     gr, xh, inv_std, gh = ln_l2_grad(z2, target, gamma, beta, F, eps)
                     gr = jnp.where(in_m, gr, 0.0)
                     gl2 = lr_row * gr
                     gl2_s[...] = gl2.astype(op)
                     g.commit_smem()
+
                     # phase B: the output path (Zb1, Y, A2, Zb2) and its backward through the output LN
-                    zb2 = colb(b2m, shp)
-                    a2 = zero
-                    for c in range(C):
+                    def phase_b(c, carry):
+                        a2, zb2 = carry
                         forward_chunk(c)
-                        a2 = a2 + matmul(t3, t_(t1), tt)
-                        zb2 = zb2 + matmul(t3, W2(c), shp)
+                        return a2 + matmul(t3, t_(t1), tt), zb2 + matmul(t3, W2(c), shp)
+
+                    a2, zb2 = chunks(phase_b, (zero, full(colb(b2m, shp))))
                     t1[...] = jnp.where(mask, a2 + 1.0, 0.0).astype(op)  # A2 (masked)
                     g.commit_smem()
                     pg2 = matmul(t1, gl2_s, shp)
@@ -278,10 +297,10 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                     db2_end = db2  # db2' (at the mini-batch end)
                     db2 = db2 + dzb2.sum(axis=0)
                     dgl2_cm = jnp.where(in_m, -colb(db2_end, shp), 0.0)  # -(sum_c X2_c dW2'_c + db2'), rows of m
-                    dsk_m = None
-                    da1 = zero
+
                     # phase C: per chunk, dY, dZb1, the commit terms with dW' (read from GMEM), dH, dZ1 (part)
-                    for c in range(C):
+                    def phase_c(c, carry):
+                        dq, dk, da1, dgl2, dgl2_cm, ds_m, dsk_m = carry
                         carry_chunk(c)
                         tdw[...] = st1[...].astype(op)  # dW1'_c
                         z1, h1, gl1, pg1, zb1 = forward_chunk(c)
@@ -295,14 +314,12 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         dq = dq + matmul(t3, t_(W1(c)), shp)
                         dw1inc = matmul(t_(q_s), t3, (F, HC))
                         da1 = da1 - s_row * matmul(t3, t_(t2), tt)
-                        db1_end = db1[c]
-                        db1[c] = db1[c] + dzb1.sum(axis=0)
+                        db1_end = col_vec(db1_s[c])  # db1'_c
                         t3[...] = (-s_row * dzb1).astype(op)  # dPG1_c
                         g.commit_smem()
                         dgl1 = matmul(t_(p_s), t3, hshp)
                         dgl1_cm = jnp.where(in_m, -(matmul(k_s, tdw, hshp) + colb(db1_end, hshp)), 0.0)
-                        dsk_c = (gl1 * dgl1_cm).sum(axis=1)
-                        dsk_m = dsk_c if dsk_m is None else dsk_m + dsk_c
+                        dsk_m = dsk_m + (gl1 * dgl1_cm).sum(axis=1)
                         dk = dk - sk_f * matmul(t2, t_(tdw), shp)
                         dgl1 = dgl1 + sk_f * dgl1_cm
                         tdw[...] = st2[...].astype(op)  # dW2'_c
@@ -319,10 +336,14 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         g.commit_smem()
                         dk = dk + matmul(t2, t_(W1(c)), shp)
                         dw1inc = dw1inc + matmul(t_(k_s), t2, (F, HC))
-                        db1[c] = db1[c] + dz1.sum(axis=0)
+                        db1_s[c] = db1_end + dzb1.sum(axis=0) + dz1.sum(axis=0)
                         st1[...] = st1[...] + dw1inc
                         st2[...] = st2[...] + dw2inc
                         store_chunk(c)
+                        return dq, dk, da1, dgl2, dgl2_cm, ds_m, dsk_m
+
+                    dq, dk, da1, dgl2, dgl2_cm, ds_m, dsk_m = chunks(
+                        phase_c, (full(dq), full(dk), zero, full(dgl2), full(dgl2_cm), ds_m, zero_row))
                     t1[...] = jnp.where(mask, da1, 0.0).astype(op)  # dA1
                     g.commit_smem()
                     dq = dq + matmul(t1, k_s, shp)
@@ -347,8 +368,9 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                     db2 = db2 + dz2.sum(axis=0)
                     dzb2_s[...] = dz2.astype(op)  # dZ2 from here on
                     g.commit_smem()
+
                     # phase D: the dZ2 terms, per chunk
-                    for c in range(C):
+                    def phase_d(c, dk):
                         carry_chunk(c)
                         z1 = z1_of(c)
                         t1[...] = gelu(z1).astype(op)
@@ -359,16 +381,19 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         g.commit_smem()
                         dk = dk + matmul(t2, t_(W1(c)), shp)
                         dw1inc = matmul(t_(k_s), t2, (F, HC))
-                        db1[c] = db1[c] + dz1.sum(axis=0)
+                        db1_s[c] = col_vec(db1_s[c]) + dz1.sum(axis=0)
                         st1[...] = st1[...] + dw1inc
                         st2[...] = st2[...] + dw2inc
                         store_chunk(c)
+                        return dk
+
+                    dk = chunks(phase_d, full(dk))
                     dlr = dlr_m if dlr is None else dlr + dlr_m
                     ds = ds_m if ds is None else ds + ds_m
                     dsk = dsk_m if dsk is None else dsk + dsk_m
-                return dq, dk, dv, dlr, ds, dsk, tuple(db1), db2, dgam, dbet
+                return dq, dk, dv, dlr, ds, dsk, db2, dgam, dbet
 
-            dq, dk, dv, dlr, ds, dsk, db1, db2, dgam, dbet = pl.run_scoped(
+            dq, dk, dv, dlr, ds, dsk, db2, dgam, dbet = pl.run_scoped(
                 sweep, g.SMEM((2 * C, F, HC), op, **mg.swizzled(op, (F, HC))), _smem(shp, f32), _smem(shp, f32),
                 *[_smem(shp, op) for _ in range(7)])
 
@@ -384,17 +409,14 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                 g.wait_smem_to_gmem(0, wait_read_only=True)  # o*_s are released at the end of this scope
 
             pl.run_scoped(write, *[_smem(shp, f32) for _ in range(3)])
-            return db1, db2, dgam, dbet
+            return db2, dgam, dbet
 
         zero_col = gam_v * 0.0
-        db1, db2, dgam, dbet = lax.fori_loop(0, n_tiles, tile, (db1_0, db2_0, zero_col, zero_col))
+        db2, dgam, dbet = lax.fori_loop(0, n_tiles, tile, (db2_0, zero_col, zero_col))
         g.wait_smem_to_gmem(0)
-        for c in range(C):
-            b1_s[c][...] = db1[c]
         b2_s[...], lns_s[...], lnb_s[...] = db2, dgam, dbet
         g.commit_smem()
-        for c in range(C):
-            g.copy_smem_to_gmem(b1_s[c], db1_ref.at[n, pl.ds(c * HC, HC)])
+        g.copy_smem_to_gmem(db1_s, db1_ref.at[b1_rows(n)])
         for src, dst in ((b2_s, db2_ref), (lns_s, dgam_ref), (lnb_s, dbet_ref)):
             g.copy_smem_to_gmem(src, dst.at[n])
         g.wait_smem_to_gmem(0)
@@ -403,22 +425,24 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
     scratch += [_smem((TILE,), f32), _smem((TILE,), f32)]  # lr, s
     scratch += [_smem((F,), f32) for _ in range(4)]  # s_K, ln scale, ln bias, b2 / db2
     scratch += [_smem((TILE,), f32) for _ in range(3)]  # per-token output rows
+    scratch += [g.SMEM((C, HC), f32) for _ in range(3)]  # b1 (recomputation), b1 (sweep), db1 carry; by chunk
     scratch += [g.Barrier(num_barriers=N_BARRIERS)]
-    scratch += [_smem((HC,), f32) for _ in range(C)]  # b1 / db1 by chunk
     if ts.interpret:
         scratch += [_smem(shp, op)]
     sd = jax.ShapeDtypeStruct
     row_t = sd((N, T), f32)
     out_type = ((sd((N * T, F), f32),) * 3 + (row_t,) * 3
-                + (sd((N * C * F, HC), f32), sd((N, Hd), f32), sd((N * C * HC, F), f32), sd((N, F), f32))
-                + (sd((N, F), f32),) * 2 + (sd((N * n_sub * 2 * C * F, HC), op),))
+                + (sd((N * C * F, HC), f32), sd((N * C, HC), f32), sd((N * C * HC, F), f32), sd((N, F), f32))
+                + (sd((N, F), f32),) * 2 + (sd((N * n_sub * 2 * C * F, HC), op), sd((N * n_sub * C, HC), f32)))
     kern = g.kernel(body, out_type=out_type, grid=(N,), grid_names=("n",), scratch_types=scratch,
                     interpret=mg.interpret_params(ts.interpret, ts.detect_races))
     chunk1 = lambda a, lead: a.reshape(*lead, F, C, HC).swapaxes(-3, -2).reshape(-1, HC)  # W1 -> chunk-major rows
     flat = lambda a: a.reshape(N * T, F)
-    outs = kern(flat(q), flat(k), flat(v), flat(dz), lr, s_tile, s_last, chunk1(w1b, (N, n_tiles)), b1b,
-                w2b.reshape(-1, F), b2b, ln_scale, ln_bias, chunk1(dw1e, (N,)), db1e, dw2e.reshape(-1, F), db2e)
-    dq, dk, dv, dlr, ds, dsk, dw1, db1, dw2, db2, dgam, dbet, _ = outs
+    outs = kern(flat(q), flat(k), flat(v), flat(dz), lr, s_tile, s_last, chunk1(w1b, (N, n_tiles)),
+                b1b.reshape(-1, HC), w2b.reshape(-1, F), b2b, ln_scale, ln_bias, chunk1(dw1e, (N,)),
+                db1e.reshape(-1, HC), dw2e.reshape(-1, F), db2e)
+    dq, dk, dv, dlr, ds, dsk, dw1, db1, dw2, db2, dgam, dbet, _, _ = outs
+    db1 = db1.reshape(N, Hd)
     un = lambda a: a.reshape(N, T, F)
     dw1 = dw1.reshape(N, C, F, HC).swapaxes(1, 2).reshape(N, F, Hd)
     return un(dq), un(dk), un(dv), dlr, ds, dsk, (dw1, db1, dw2.reshape(N, Hd, F), db2), dgam, dbet
