@@ -7,17 +7,21 @@ weights (128 KiB) and a float32 dL/dW carry (128 KiB) at once, so:
 
 - the dL/dW carry lives in GLOBAL memory, in the kernel's own dW outputs (initialised with dL/dW_end):
   each mini-batch reads and writes it back one 64 x 64 chunk at a time by TMA (two round trips per
-  mini-batch: the commit terms need dW at the mini-batch end, and the dZ2 terms come last);
+  mini-batch: the commit terms need dW at the mini-batch end, and the dZ2 terms come last); db1 (by
+  chunk), db2 and the LN gradients stay on chip;
 - a tile runs in two `pl.run_scoped` phases whose shared memory overlaps: (1) recomputation: the
   float32 weights from the forward's saved tile boundary, advanced mini-batch by mini-batch, their
-  operand-dtype copies at every mini-batch start written to a per-program stash in global memory
-  (an extra kernel output, dropped by the caller); (2) the reverse sweep over the tile's mini-batches:
-  each loads its start weights (64 KiB, operand dtype) from the stash and runs the hand-written VJP.
+  operand-dtype copies (and b1) at every mini-batch start written to a per-program stash in global
+  memory (extra kernel outputs, dropped by the caller); (2) the reverse sweep over the tile's
+  mini-batches: each loads its start weights (64 KiB in the operand dtype) from the stash and runs
+  the hand-written VJP below, each pass over the hidden chunks a `lax.fori_loop`.
 
-Shared memory at F = 64, bfloat16 operands (counted by the CUDA lowering, see gpu_notes.md):
-static q, k, dz, P1 tiles (32 KiB) + vectors + max(recomputation: float32 W1, W2 128 KiB + six
-8 KiB tiles; sweep: W1, W2 bf16 64 KiB + two float32 carry chunks 32 KiB + seven 8 KiB tiles;
-outputs: three float32 tiles 48 KiB).
+Shared memory at F = 64, bfloat16 operands: 225,376 of 232,448 bytes (the CUDA lowering's own count):
+static q, k, dz, P1 tiles (32 KiB) + vectors (b1, b1 per mini-batch, db1 as [4, 64]: 3 KiB) +
+max(recomputation: float32 W1, W2 128 KiB + six 8 KiB tiles; sweep: W1, W2 bf16 64 KiB + two
+float32 carry chunks 32 KiB + seven 8 KiB tiles; outputs: three float32 tiles 48 KiB).
+Global-memory traffic per mini-batch and sequence beyond the forward's: the stash (64 KiB written,
+64 KiB read) and the carry (2 x 128 KiB read + 2 x 128 KiB written), L2-resident at the benchmark shape.
 
 Per mini-batch (rows of one mini-batch selected by masks inside the 64-row tile; chunk c of the
 hidden dimension; G2 = LN-grad(Z2, v - k), Gl = lr G, sK = s_K, P1 = (q k^T + 1) * causal mask):
