@@ -187,7 +187,7 @@ def dot_flops(jaxpr) -> tuple[int, int]:
     return flops, count
 
 
-def per_minibatch_dots(n_layers, F, K=16, group=4):
+def per_minibatch_dots(n_layers, F, K=16, group=4, xla_flops=False):
     """Dot FLOPs per mini-batch: the step, the backward kernel's body, the old (update + jax.vjp) and new bodies."""
     sd = lambda *sh: jax.ShapeDtypeStruct(sh, jnp.float32)
     shapes = LEARNERS[KINDS[n_layers]].weight_shapes(1, F)
@@ -209,8 +209,15 @@ def per_minibatch_dots(n_layers, F, K=16, group=4):
     jaxpr = jax.make_jaxpr(functools.partial(tpu_backward.backward, spec))(X, X, X, sd(N, T, 1), c, wb, LN, LN, X, ws1)
     (kernel_eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "pallas_call"]
     kf, kc = dot_flops(kernel_eqn.params["jaxpr"])
-    return dict(step=count(step, *primals), kernel=(kf // group, kc // group),
-                old=tuple(map(sum, zip(*old))), new=tuple(map(sum, zip(*new))))
+    out = dict(step=count(step, *primals), kernel=(kf // group, kc // group),
+               old=tuple(map(sum, zip(*old))), new=tuple(map(sum, zip(*new))))
+    if xla_flops:  # XLA's count (elementwise included) of the same functions compiled here
+        xla = lambda f, *a: jax.jit(f).trace(*a).lower().compile().cost_analysis()["flops"]
+        out["xla_old"] = (xla(lambda ws, q, k, v, lr, s, g, b: minibatch.update(ws, k, v, lr, s, g, b, EPS), *primals)
+                          + xla(lambda p, ct: jax.vjp(step, *p)[1](ct), primals, (x, ws)))
+        out["xla_new"] = (xla(lambda *a: minibatch_vjp.step_fwd(*a, EPS), *primals)
+                          + xla(lambda r, dz, dws: minibatch_vjp.step_bwd(r, dz, dws, EPS), res, x, ws))
+    return out
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
@@ -227,7 +234,8 @@ def test_backward_kernel_runs_each_minibatch_forward_once(n_layers):
 if __name__ == "__main__":  # the table in kernels/README.md
     for L, kind in KINDS.items():
         for F in (64, 128):
-            d = per_minibatch_dots(L, F)
+            d = per_minibatch_dots(L, F, xla_flops=True)
             print(f"{kind} F={F} K=16: step {d['step'][0]:,} ({d['step'][1]} dots); backward per mini-batch "
                   f"before {d['old'][0]:,} ({d['old'][1]}), after {d['new'][0]:,} ({d['new'][1]}), "
-                  f"kernel body {d['kernel'][0]:,}; after/before {d['new'][0] / d['old'][0]:.3f}")
+                  f"kernel body {d['kernel'][0]:,}; after/before {d['new'][0] / d['old'][0]:.3f}; "
+                  f"XLA cost_analysis after/before {d['xla_new'] / d['xla_old']:.3f}")
