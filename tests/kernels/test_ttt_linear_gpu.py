@@ -274,6 +274,26 @@ def test_forward_under_the_gpu_race_detector():
     assert not gpu_callbacks.get_races().races_found
 
 
+@pytest.mark.slow
+def test_wide_backward_under_the_gpu_race_detector():
+    """The F = 128 backward's TMA traffic through one staging tile (loads, K-row output slabs, the dL/dW
+    carry's read-modify-write in global memory) under InterpretGPUParams(detect_races=True)."""
+    from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+
+    x = flat_inputs(N=1, T=128, F=128, seed=13, mbs=32)
+    sp = gpu_backend.GPUSpec(learner=LINEAR, backend="gpu", group=2, eps=1e-6, interpret=True,
+                             matmul_dtype="float32", detect_races=True)
+    (z_ref, w_ref), vjp = jax.vjp(xla_full, *x)
+    rng = np.random.default_rng(5)
+    dz = jnp.asarray(rng.standard_normal(z_ref.shape), jnp.float32)
+    dws = tuple(jnp.asarray(rng.standard_normal(w.shape), jnp.float32) for w in w_ref)
+    _, w_mid = xla_full(*(a[:, :64] for a in x[:4]), *x[4:])
+    bounds = tuple(jnp.stack([a, b], axis=1) for a, b in zip(x[5], w_mid))
+    got = jax.block_until_ready(jax.jit(functools.partial(gpu_backend.backward, sp))(*x[:5], bounds, *x[6:], dz, dws))
+    assert not gpu_callbacks.get_races().races_found
+    test_backward_matches_jax_vjp_float32((None, None, got, vjp((dz, dws)), None))
+
+
 def _lower(fn, *shapes):
     return jax.jit(fn).trace(*shapes).lower(lowering_platforms=("cuda",))
 
