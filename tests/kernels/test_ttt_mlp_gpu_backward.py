@@ -141,6 +141,41 @@ def test_entry_gradients_t_not_a_multiple_of_the_tile_bf16():
         assert a.shape == b.shape and rel(a, b) < 2e-2
 
 
+@pytest.mark.slow
+def test_backward_under_the_gpu_race_detector():
+    """InterpretGPUParams(detect_races=True): shared-memory accesses vs the TMA copies (the tile loads, the
+    stash, the dW carry read-modify-written through global memory) between the interpreter's threads."""
+    from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
+
+    x = flat_inputs(N=1, T=64, K=32, seed=9)
+    bounds = tuple(w[:, None] for w in x[5])
+    (z_ref, w_ref), vjp = jax.vjp(jax.jit(xla_full), *x)
+    dz, dws = cotangents(z_ref, w_ref, 10)
+    sp = GPUSpec(learner=MLP, backend="gpu", group=2, eps=1e-6, interpret=True, matmul_dtype="float32",
+                 detect_races=True)
+    got = jax.block_until_ready(jax.jit(functools.partial(gpu_backend.backward, sp))(*x[:5], bounds, *x[6:], dz, dws))
+    assert not gpu_callbacks.get_races().races_found
+    assert rel(got[0], vjp((dz, dws))[0]) < 1e-4
+
+
+@pytest.mark.slow
+def test_vmap_of_gradients_through_the_kernels():
+    """jax.vmap over samples of jax.grad through ttt_mlp(impl="pallas"): forward and backward kernels batched."""
+    K, S = 32, 2
+    q, k, v, lr, s, w, lns, lnb = random_inputs("ttt_mlp", B=S, H=1, T=64, F=F, K=K, seed=11, weight_scale=0.05)
+    cfg = TTTKernelConfig(backend="gpu", interpret=True, matmul_dtype="float32")
+
+    def loss(impl, q, k, v, lr, w):
+        z, _ = api.ttt_mlp(q[None], k[None], v[None], lr[None], s, w, lns, lnb, mini_batch_size=K, impl=impl,
+                           kernel_config=cfg if impl == "pallas" else None)
+        return (z * jnp.cos(z)).sum()
+
+    grads = {impl: jax.jit(jax.vmap(jax.grad(functools.partial(loss, impl), argnums=(0, 1, 2, 3, 4)),
+                                    in_axes=(0, 0, 0, 0, None)))(q, k, v, lr, w) for impl in ("pallas", "xla")}
+    for a, b in zip(jax.tree.leaves(grads["pallas"]), jax.tree.leaves(grads["xla"])):
+        assert a.shape == b.shape and rel(a, b) < 1e-4
+
+
 def _lower_backward(T, K, N=8):
     sd = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
     nt = T // 64
