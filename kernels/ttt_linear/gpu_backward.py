@@ -282,12 +282,12 @@ def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds
             g.copy_gmem_to_smem(src, h_s, bars.at[8])
             g.barrier_wait(bars.at[8])
 
-        def store_h(val, dst):
-            """h_s <- val, then h_s (or the rows `dst` names) -> global memory (asynchronous)."""
+        def store_h(val, dst, rows=None):
+            """h_s <- val, then h_s (or its `rows`) -> dst in global memory (asynchronous)."""
             g.wait_smem_to_gmem(0)
             h_s[...] = val
             g.commit_smem()
-            g.copy_smem_to_gmem(h_s if dst[1] is None else h_s.at[dst[1]], dst[0])
+            g.copy_smem_to_gmem(h_s if rows is None else h_s.at[rows], dst)
 
         for i, (src, dst) in enumerate(((dbe_ref.at[n], vec_s), (lns_ref.at[n], lns_s), (lnb_ref.at[n], lnb_s),
                                         (s_ref, s_s))):
@@ -302,7 +302,7 @@ def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds
             load_h(dwe_ref.at[pl.ds(n * F + h * TILE, TILE)])
             w_blk = h_s[...]
             dwc_s[blk(h), :] = w_blk.astype(op)
-            store_h(w_blk, (dw0_ref.at[pl.ds(n * F + h * TILE, TILE)], None))
+            store_h(w_blk, dw0_ref.at[pl.ds(n * F + h * TILE, TILE)])
         g.commit_smem()
 
         def tile(i, carry):
@@ -370,7 +370,7 @@ def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds
 
             def emit(val, ref, m):
                 """Rows of mini-batch m of a [TILE, F] result -> global memory."""
-                store_h(val, (ref.at[pl.ds(tok + m * K, K)], pl.ds(m * K, K)))
+                store_h(val, ref.at[pl.ds(tok + m * K, K)], pl.ds(m * K, K))
 
             dlr = dlrl = dsr = None
             for m in reversed(range(n_sub)):
@@ -437,7 +437,7 @@ def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds
                     upd = (h_s[...] + matmul(tr(q_s.at[:, blk(h)], sc(4)), y_s, shp)
                            + matmul(tr(k_s.at[:, blk(h)], sc(5)), x_s, shp))
                     dwc_s[blk(h), :] = upd.astype(op)
-                    store_h(upd, (dst, None))
+                    store_h(upd, dst)
                 g.commit_smem()
                 dbc = dbc + dzbar.sum(axis=0) + dz1.sum(axis=0)
 
