@@ -225,8 +225,9 @@ def _lower_all(kind, F, N=512, T=8192, group=4):
     inference = dataclasses.replace(spec, save_bounds=False, matmul_dtype="bfloat16")
     lower(functools.partial(tpu_forward.forward, inference), x, x, x, lr, s, ws, ln, ln)
     lower(functools.partial(tpu_backward.backward, spec), x, x, x, lr, s, wb, ln, ln, x, ws)
-    x16 = jax.ShapeDtypeStruct((N, T, F), jnp.bfloat16)  # bf16 inputs and output cotangent (bf16 z)
-    lower(functools.partial(tpu_backward.backward, spec), x16, x16, x16, lr, s, wb, ln, ln, x16, ws)
+    x16 = jax.ShapeDtypeStruct((N, T, F), jnp.bfloat16)  # bf16 inputs, output cotangent and matmul operands
+    lower(functools.partial(tpu_backward.backward, dataclasses.replace(spec, matmul_dtype="bfloat16")),
+          x16, x16, x16, lr, s, wb, ln, ln, x16, ws)
     lower(functools.partial(tpu_decode.decode, spec), row, row, row, col, sds(1, 2), row, row, ws, ws)
 
 
