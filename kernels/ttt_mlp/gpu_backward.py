@@ -16,7 +16,8 @@ weights (128 KiB) and a float32 dL/dW carry (128 KiB) at once, so:
   mini-batches: each loads its start weights (64 KiB in the operand dtype) from the stash and runs
   the hand-written VJP below, each pass over the hidden chunks a `lax.fori_loop`.
 
-Shared memory at F = 64, bfloat16 operands: 225,376 of 232,448 bytes (the CUDA lowering's own count):
+Shared memory at F = 64, bfloat16 operands: 227,424 of 232,448 bytes at K = 8-32, 225,376 at K = 64
+(the CUDA lowering's own count):
 static q, k, dz, P1 tiles (32 KiB) + vectors (b1, b1 per mini-batch, db1 as [4, 64]: 3 KiB) +
 max(recomputation: float32 W1, W2 128 KiB + six 8 KiB tiles; sweep: W1, W2 bf16 64 KiB + two
 float32 carry chunks 32 KiB + seven 8 KiB tiles; outputs: three float32 tiles 48 KiB).
@@ -227,7 +228,9 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                 dlr = ds = dsk = None
 
                 def carry_chunk(c):
-                    load([(dw1_ref.at[w1_rows(c)], st1), (dw2_ref.at[w2_rows(c)], st2)])
+                    """Start the TMA reads of chunk c of the dW carry (dW1 -> st1: barrier 0, dW2 -> st2: 1)."""
+                    g.copy_gmem_to_smem(dw1_ref.at[w1_rows(c)], st1, bars.at[0])
+                    g.copy_gmem_to_smem(dw2_ref.at[w2_rows(c)], st2, bars.at[1])
 
                 def store_chunk(c):
                     g.commit_smem()
@@ -305,9 +308,10 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                     # phase C: per chunk, dY, dZb1, the commit terms with dW' (read from GMEM), dH, dZ1 (part)
                     def phase_c(c, carry):
                         dq, dk, da1, dgl2, dgl2_cm, ds_m, dsk_m = carry
-                        carry_chunk(c)
-                        tdw[...] = st1[...].astype(op)  # dW1'_c
+                        carry_chunk(c)  # in flight during the chunk's forward recomputation
                         z1, h1, gl1, pg1, zb1 = forward_chunk(c)
+                        g.barrier_wait(bars.at[0])
+                        tdw[...] = st1[...].astype(op)  # dW1'_c
                         dy = matmul(dzb2_s, t_(W2(c)), hshp) + matmul(da2_s, t1, hshp)
                         dw2inc = matmul(t_(t3), dzb2_s, (HC, F))  # Y_c^T dZb2
                         dx2 = matmul(t_(da2_s), t3, hshp)  # dA2^T Y_c
@@ -326,6 +330,7 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         dsk_m = dsk_m + (gl1 * dgl1_cm).sum(axis=1)
                         dk = dk - sk_f * matmul(t2, t_(tdw), shp)
                         dgl1 = dgl1 + sk_f * dgl1_cm
+                        g.barrier_wait(bars.at[1])
                         tdw[...] = st2[...].astype(op)  # dW2'_c
                         g.commit_smem()
                         dgl2_cm = dgl2_cm - jnp.where(in_m, matmul(t1, tdw, shp), 0.0)
@@ -386,6 +391,8 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         dk = dk + matmul(t2, t_(W1(c)), shp)
                         dw1inc = matmul(t_(k_s), t2, (F, HC))
                         db1_s[c] = col_vec(db1_s[c]) + dz1.sum(axis=0)
+                        g.barrier_wait(bars.at[0])
+                        g.barrier_wait(bars.at[1])
                         st1[...] = st1[...] + dw1inc
                         st2[...] = st2[...] + dw2inc
                         store_chunk(c)
