@@ -105,15 +105,9 @@ def test_wide_backward_kernel_f128_matches_jax_vjp_float32():
     """F = 128: the backward kernel's own layout (gpu_backward._backward_wide: weights rebuilt from the
     boundary and G2, dL/dW carried in global memory, per-mini-batch output slabs); two tiles of K = 32,
     the boundary states from the XLA scan (the forward kernel at F = 128 is checked in the slow test)."""
-    x = flat_inputs(N=1, T=128, F=128, seed=12, mbs=32)
-    (z_ref, w_ref), vjp = jax.vjp(xla_full, *x)
-    rng = np.random.default_rng(4)
-    dz = jnp.asarray(rng.standard_normal(z_ref.shape), jnp.float32)
-    dws = tuple(jnp.asarray(rng.standard_normal(w.shape), jnp.float32) for w in w_ref)
-    _, w_mid = xla_full(*(a[:, :64] for a in x[:4]), *x[4:])
-    bounds = tuple(jnp.stack([a, b], axis=1) for a, b in zip(x[5], w_mid))
-    got = jax.jit(functools.partial(gpu_backend.backward, spec(mbs=32)))(*x[:5], bounds, *x[6:], dz, dws)
-    test_backward_matches_jax_vjp_float32((None, None, got, vjp((dz, dws)), None))
+    args, ref = _wide_case(12)
+    got = jax.jit(functools.partial(gpu_backend.backward, spec(mbs=32)))(*args)
+    test_backward_matches_jax_vjp_float32((None, None, got, ref, None))
 
 
 @pytest.mark.slow
@@ -274,24 +268,42 @@ def test_forward_under_the_gpu_race_detector():
     assert not gpu_callbacks.get_races().races_found
 
 
+def _wide_case(seed):
+    """F = 128, K = 32, two tiles of one sequence: backend backward arguments (boundaries from the XLA scan)
+    and the reference cotangents from jax.vjp of the XLA scan."""
+    x = flat_inputs(N=1, T=128, F=128, seed=seed, mbs=32)
+    (z_ref, w_ref), vjp = jax.vjp(xla_full, *x)
+    rng = np.random.default_rng(seed + 100)
+    dz = jnp.asarray(rng.standard_normal(z_ref.shape), jnp.float32)
+    dws = tuple(jnp.asarray(rng.standard_normal(w.shape), jnp.float32) for w in w_ref)
+    _, w_mid = xla_full(*(a[:, :64] for a in x[:4]), *x[4:])
+    bounds = tuple(jnp.stack([a, b], axis=1) for a, b in zip(x[5], w_mid))
+    return (*x[:5], bounds, *x[6:], dz, dws), vjp((dz, dws))
+
+
+@pytest.mark.slow
+def test_wide_backward_under_vmap():
+    """jax.vmap of the F = 128 backward kernel (its dL/dW carry is read back from an output buffer)."""
+    cases = [_wide_case(seed) for seed in (20, 21)]
+    args = jax.tree.map(lambda *a: jnp.stack(a), *(c[0] for c in cases))
+    got = jax.jit(jax.vmap(functools.partial(gpu_backend.backward, spec(mbs=32))))(*args)
+    for i, (_, ref) in enumerate(cases):
+        gi = jax.tree.map(lambda a: a[i], got)
+        test_backward_matches_jax_vjp_float32((None, None, gi, ref, None))
+
+
 @pytest.mark.slow
 def test_wide_backward_under_the_gpu_race_detector():
     """The F = 128 backward's TMA traffic through one staging tile (loads, K-row output slabs, the dL/dW
     carry's read-modify-write in global memory) under InterpretGPUParams(detect_races=True)."""
     from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks
 
-    x = flat_inputs(N=1, T=128, F=128, seed=13, mbs=32)
     sp = gpu_backend.GPUSpec(learner=LINEAR, backend="gpu", group=2, eps=1e-6, interpret=True,
                              matmul_dtype="float32", detect_races=True)
-    (z_ref, w_ref), vjp = jax.vjp(xla_full, *x)
-    rng = np.random.default_rng(5)
-    dz = jnp.asarray(rng.standard_normal(z_ref.shape), jnp.float32)
-    dws = tuple(jnp.asarray(rng.standard_normal(w.shape), jnp.float32) for w in w_ref)
-    _, w_mid = xla_full(*(a[:, :64] for a in x[:4]), *x[4:])
-    bounds = tuple(jnp.stack([a, b], axis=1) for a, b in zip(x[5], w_mid))
-    got = jax.block_until_ready(jax.jit(functools.partial(gpu_backend.backward, sp))(*x[:5], bounds, *x[6:], dz, dws))
+    args, ref = _wide_case(13)
+    got = jax.block_until_ready(jax.jit(functools.partial(gpu_backend.backward, sp))(*args))
     assert not gpu_callbacks.get_races().races_found
-    test_backward_matches_jax_vjp_float32((None, None, got, vjp((dz, dws)), None))
+    test_backward_matches_jax_vjp_float32((None, None, got, ref, None))
 
 
 def _lower(fn, *shapes):
