@@ -343,6 +343,8 @@ def _backward_smem_bytes(F):
     sp = spec(interpret=False, matmul_dtype="bfloat16")
     x = (_sds(N, T, F),) * 3 + (_sds(N, T, 1), _sds(K, 1), (_sds(N, 2, F, F), _sds(N, 2, 1, F)), _sds(N, 1, F),
                                 _sds(N, 1, F), _sds(N, T, F), (_sds(N, F, F), _sds(N, 1, F)))
+    if not hasattr(mgpu_core, "_SMEM_SIZE_BOUND"):  # private knob (JAX 0.10.2 / 0.11)
+        pytest.skip("this JAX has no mosaic.gpu.core._SMEM_SIZE_BOUND to read the count with")
     bound, mgpu_core._SMEM_SIZE_BOUND = mgpu_core._SMEM_SIZE_BOUND, 1
     try:
         with pytest.raises(ValueError, match="smem_bytes") as err:

@@ -135,6 +135,8 @@ def test_cross_lowering_for_cuda_with_many_sequences():
     from jax.experimental.mosaic.gpu import core as mgpu_core
 
     _lower(4096)
+    if not hasattr(mgpu_core, "_SMEM_SIZE_BOUND"):  # private knob (JAX 0.10.2 / 0.11)
+        pytest.skip("this JAX has no mosaic.gpu.core._SMEM_SIZE_BOUND to read the count with")
     bound, mgpu_core._SMEM_SIZE_BOUND = mgpu_core._SMEM_SIZE_BOUND, 1
     try:
         with pytest.raises(ValueError, match="smem_bytes") as err:
