@@ -103,23 +103,23 @@ def decode(ts: GPUTileSpec, q, k, v, lr, s_pos, done, ln_scale, ln_bias, w1, b1,
         lr_r = row(fv(_LR))
         fin = d_c > 0.5
 
-        # pass 1: the k path at the start weights
-        z2 = col(fv(_B2))
-        for c in range(C):
+        # pass 1: the k path at the start weights (chunk loops are fori_loops: one copy of the chunk code)
+        def pass1(c, z2):
             load_chunk(c, with_acc=False)
             z1 = (k_r * w1c_s[...]).sum(axis=0) + col(hv(_B1, c))
             hv(_Z1, c)[...] = z1
             hv(_X1, c)[...] = gelu(z1)
             g.commit_smem()
-            z2 = z2 + (rtile(row(hv(_X1, c))) * w2c_s[...]).sum(axis=0)
+            return z2 + (rtile(row(hv(_X1, c))) * w2c_s[...]).sum(axis=0)
+
+        z2 = lax.fori_loop(0, C, pass1, col(fv(_B2)))
         gr, _, _, _ = ln_l2_grad(ctile(z2), ctile(col(fv(_V))) - ctile(col(fv(_K))), gamma, beta, F, eps)
         lg2 = lr_c * vec(gr)  # lr G2
         ab2_new = col(fv(_AB2)) + lg2
         b2_cur = col(fv(_B2)) - s_c * ab2_new
 
         # pass 2: per chunk, the layer-1 gradient, the accumulators, the output path and the write-back
-        zq2 = b2_cur
-        for c in range(C):
+        def pass2(c, zq2):
             load_chunk(c, with_acc=True)
             w1c, w2c = w1c_s[...], w2c_s[...]
             h = (ctile(lg2) * w2c).sum(axis=1)  # (lr G2) W2_c^T, as x_i
@@ -148,7 +148,9 @@ def decode(ts: GPUTileSpec, q, k, v, lr, s_pos, done, ln_scale, ln_bias, w1, b1,
             for src, dst in ((w1c_s, w1_out.at[w1_rows, cols(c)]), (w2c_s, w2_out.at[w2_rows(c)]),
                              (a1c_s, a1_out.at[w1_rows, cols(c)]), (a2c_s, a2_out.at[w2_rows(c)])):
                 g.copy_smem_to_gmem(src, dst)
+            return zq2
 
+        zq2 = lax.fori_loop(0, C, pass2, b2_cur)
         xh, _ = ln_stats(ctile(zq2), F, eps)
         z = vec(ctile(col(fv(_Q))) + xh * gamma + beta)
         b2_old = col(fv(_B2))
