@@ -100,7 +100,6 @@ def decode(ts: GPUTileSpec, q, k, v, lr, s_pos, done, ln_scale, ln_bias, w1, b1,
         k_r, q_r = rtile(row(fv(_K))), rtile(row(fv(_Q)))
         gamma, beta = ctile(col(fv(_LNS))), ctile(col(fv(_LNB)))
         lr_c, s_c, d_c = col(fv(_LR)), col(fv(_S)), col(fv(_D))
-        lr_r = row(fv(_LR))
         fin = d_c > 0.5
 
         # pass 1: the k path at the start weights (chunk loops are fori_loops: one copy of the chunk code)
