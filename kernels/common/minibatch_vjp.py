@@ -31,7 +31,7 @@ from .minibatch import F32, Dots, _commit, causal_ones, inner_parts, q_path
 class Residuals(NamedTuple):
     """What `step_bwd` reads; per-layer tuples have one entry per dense layer (hs: L - 1)."""
 
-    ws: tuple  # (w1, b1, ...) at the mini-batch's start
+    ws: tuple  # (w1, b1, ...) at the mini-batch's start (step_bwd reads only w1, w2, ...)
     target: jax.Array  # v - k [K, F]
     lr: jax.Array  # [K, 1]
     s: jax.Array  # [K, 1]

@@ -129,6 +129,8 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
 
 
 def _stashed(res: minibatch_vjp.Residuals) -> minibatch_vjp.Residuals:
-    """The residuals kept in VMEM per mini-batch: not the inputs the sweep rereads (q, k, v, lr) nor the constants."""
-    return res._replace(target=None, lr=None, s=None, ln_scale=None, ln_bias=None, xs=(None, *res.xs[1:]),
+    """The residuals kept in VMEM per mini-batch: not the inputs the sweep rereads (q, k, v, lr), the constants
+    or the biases (step_bwd reads only the weight matrices)."""
+    ws = tuple(None if i % 2 else w for i, w in enumerate(res.ws))
+    return res._replace(ws=ws, target=None, lr=None, s=None, ln_scale=None, ln_bias=None, xs=(None, *res.xs[1:]),
                         xqs=(None, *res.xqs[1:]))
