@@ -2,8 +2,8 @@
 
 Grid (sequence "parallel", group "arbitrary" visited last to first). Each step reloads the
 group's boundary weights saved by the forward and runs its mini-batches forward once
-(`minibatch_vjp.step_fwd`), keeping each one's residuals (the start weights and the
-intermediates of the dual form) in VMEM; then it walks them backwards with the hand-written
+(`minibatch_vjp.step_fwd`), keeping each one's residuals (the weight matrices at its start and
+the intermediates of the dual form) in VMEM; then it walks them backwards with the hand-written
 `minibatch_vjp.step_bwd`, carrying dL/dW in VMEM scratch. Per-sequence gradients of the row
 factors and the inner LayerNorm are accumulated in VMEM and written once (summed over
 sequences in XLA).
