@@ -10,6 +10,7 @@ over 232,448 bytes); `pytest -m gpu` runs the compiled kernels against XLA on a 
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +205,8 @@ def test_shared_memory_count():
     the error it raises when the bound is lowered below it."""
     import jax.experimental.mosaic.gpu.core as mgpu_core
 
+    if not hasattr(mgpu_core, "_SMEM_SIZE_BOUND"):  # private knob (JAX 0.10.2 / 0.11)
+        pytest.skip("this JAX has no mosaic.gpu.core._SMEM_SIZE_BOUND to read the count with")
     old = mgpu_core._SMEM_SIZE_BOUND
     mgpu_core._SMEM_SIZE_BOUND = 1
     try:
@@ -211,8 +214,6 @@ def test_shared_memory_count():
             _lower_backward(128, 16, N=1)
     finally:
         mgpu_core._SMEM_SIZE_BOUND = old
-    import re
-
     used = int(re.search(r"smem_bytes=(\d+)", str(err.value)).group(1))
     assert 200_000 < used <= 232_448
 
