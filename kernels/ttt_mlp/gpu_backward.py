@@ -11,14 +11,14 @@ weights (128 KiB) and a float32 dL/dW carry (128 KiB) at once, so:
   chunk), db2 and the LN gradients stay on chip;
 - a tile runs in two `pl.run_scoped` phases whose shared memory overlaps: (1) recomputation: the
   float32 weights from the forward's saved tile boundary, advanced mini-batch by mini-batch, their
-  operand-dtype copies (and b1) at every mini-batch start written to a per-program stash in global
+  operand-dtype copies (and b1, b2) at every mini-batch start written to a per-program stash in global
   memory (extra kernel outputs, dropped by the caller); (2) the reverse sweep over the tile's
   mini-batches: each loads its start weights (64 KiB in the operand dtype) from the stash and runs
-  the hand-written VJP below, each pass over the hidden chunks a `lax.fori_loop`.
+  the hand-written VJP below. The mini-batches of a tile and every pass over the hidden chunks are
+  `lax.fori_loop`s (one copy of the code whatever K is).
 
-Shared memory at F = 64, bfloat16 operands: 227,424 of 232,448 bytes at K = 8-32, 225,376 at K = 64
-(the CUDA lowering's own count):
-static q, k, dz, P1 tiles (32 KiB) + vectors (b1, b1 per mini-batch, db1 as [4, 64]: 3 KiB) +
+Shared memory at F = 64, bfloat16 operands: 229,472 of 232,448 bytes (the CUDA lowering's own count):
+static q, k, dz, P1 tiles (32 KiB) + vectors (b1 and b2 as [5, 64] twice, db1 as [4, 64]: 6 KiB aligned) +
 max(recomputation: float32 W1, W2 128 KiB + six 8 KiB tiles; sweep: W1, W2 bf16 64 KiB + two
 float32 carry chunks 32 KiB + seven 8 KiB tiles; outputs: three float32 tiles 48 KiB).
 Global-memory traffic per mini-batch and sequence beyond the forward's: the stash (64 KiB written,
@@ -104,6 +104,7 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
         w2_rows = lambda c, t=None: pl.ds(((n if t is None else n * n_tiles + t) * C + c) * HC, HC)
         stash_rows = lambda m, j: pl.ds(((n * n_sub + m) * 2 * C + j) * F, F)
         b1_rows = lambda i: pl.ds(i * C, C)  # the C chunks of a b1 vector stored as [C, HC] rows
+        bst_rows = lambda m: pl.ds((n * n_sub + m) * (C + 1), C + 1)  # stash slot m: b1 chunks, then b2 (F == HC)
 
         def load(pairs):
             for i, (src, dst) in enumerate(pairs):
@@ -140,7 +141,7 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
             g.wait_smem_to_gmem(0)  # the previous tile's row outputs have left r*_s
             load([(q_ref.at[rows], q_s), (k_ref.at[rows], k_s), (dz_ref.at[rows], dz_s),
                   (lr_ref.at[n, pl.ds(t * TILE, TILE)], lr_s), (b2b_ref.at[n, t], b2_s),
-                  (b1b_ref.at[b1_rows(n * n_tiles + t)], b1_s)])
+                  (b1b_ref.at[b1_rows(n * n_tiles + t)], b1_s.at[pl.ds(0, C)])])
 
             gamma, beta = colb(gam_v, shp), colb(bet_v, shp)
             sk_f = colb(col_vec(sk_s[...]), shp)  # s_K everywhere
@@ -156,8 +157,9 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
             mask = mask & (ci <= ri)
             p_s[...] = jnp.where(mask, matmul(q_s, t_(k_s), tt) + 1.0, 0.0).astype(op)
             g.commit_smem()
-            in_mb = [(rf >= m * K) & (rf < (m + 1) * K) for m in range(n_sub)]
-            b2_t = col_vec(b2_s[...])
+            in_mb = lambda m: (rf >= m * K) & (rf < (m + 1) * K)  # the rows of mini-batch m (m may be traced)
+            b1_s[C] = col_vec(b2_s[...])  # b1_s rows: b1 by chunk, then b2
+            g.commit_smem()
             zero = full(jnp.zeros(shp, f32))
             zero_row = row_vec(jnp.zeros((TILE,), f32))
 
@@ -166,8 +168,6 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                 load([(w1b_ref.at[w1_rows(c, t)], w1_32.at[c]) for c in range(C)]
                      + [(w2b_ref.at[w2_rows(c, t)], w2_32.at[c]) for c in range(C)] + [(v_ref.at[rows], v_s)])
                 target = v_s[...].astype(f32) - k_s[...].astype(f32)
-                b2 = b2_t
-                b2s = []
                 b1c = lambda c: colb(col_vec(b1_s[c]), hshp)
 
                 def stage(c, m=None):
@@ -179,14 +179,12 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         g.copy_smem_to_gmem(w1c, stash_ref.at[stash_rows(m, c)])
                         g.copy_smem_to_gmem(w2c, stash_ref.at[stash_rows(m, C + c)])
 
-                for m in range(n_sub):
-                    b2s.append(b2)
-                    g.copy_smem_to_gmem(b1_s, b1stash_ref.at[b1_rows(n * n_sub + m)])
-                    if m == n_sub - 1:
-                        chunks(lambda c, carry: (stage(c, m), carry)[1], 0)
-                        break
+                def advance(m, carry):
+                    """Stash the weights at the start of mini-batch m, then apply its update."""
+                    g.copy_smem_to_gmem(b1_s, b1stash_ref.at[bst_rows(m)])
+                    b2 = col_vec(b1_s[C])
 
-                    def pass1(c, z2, m=m):
+                    def pass1(c, z2):
                         stage(c, m)
                         x2_s[...] = gelu(matmul(k_s, w1c, hshp) + b1c(c)).astype(op)
                         g.commit_smem()
@@ -194,11 +192,11 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
 
                     z2 = chunks(pass1, full(colb(b2, shp)))
                     gr, _, _, _ = ln_l2_grad(z2, target, gamma, beta, F, eps)
-                    gl2 = lr_row * jnp.where(in_mb[m], gr, 0.0)
+                    gl2 = lr_row * jnp.where(in_mb(m), gr, 0.0)
                     gl2_s[...] = gl2.astype(op)
 
                     def pass2(c, carry):
-                        stage(c)
+                        stage(c)  # also: the b1 stash copy above has read b1_s
                         b1v = b1c(c)
                         z1 = matmul(k_s, w1c, hshp) + b1v
                         x2_s[...] = gelu(z1).astype(op)
@@ -212,11 +210,17 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         return carry
 
                     chunks(pass2, 0)
-                    b2 = b2 - (sk_f * gl2).sum(axis=0)
-                g.wait_smem_to_gmem(0)  # the stash is in global memory before the sweep reads it
-                return target, b2s
+                    b1_s[C] = b2 - (sk_f * gl2).sum(axis=0)
+                    g.commit_smem()
+                    return carry
 
-            target, b2s = pl.run_scoped(
+                lax.fori_loop(0, n_sub - 1, advance, 0)
+                g.copy_smem_to_gmem(b1_s, b1stash_ref.at[bst_rows(n_sub - 1)])  # the last mini-batch: stash only
+                chunks(lambda c, carry: (stage(c, n_sub - 1), carry)[1], 0)
+                g.wait_smem_to_gmem(0)  # the stash is in global memory before the sweep reads it
+                return target
+
+            target = pl.run_scoped(
                 recompute, g.SMEM((C, F, HC), f32, **mg.swizzled(f32, (F, HC))),
                 g.SMEM((C, HC, F), f32, **mg.swizzled(f32, (HC, F))), *[_smem(shp, op) for _ in range(6)])
 
@@ -224,8 +228,6 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
             def sweep(wop, st1, st2, gl2_s, dzb2_s, da2_s, t1, t2, t3, tdw, db2=db2, dgam=dgam, dbet=dbet):
                 W1 = lambda c: wop.at[c]
                 W2 = lambda c: wop.at[C + c]
-                dq = dk = dv = zero
-                dlr = ds = dsk = None
 
                 def carry_chunk(c):
                     """Start the TMA reads of chunk c of the dW carry (dW1 -> st1: barrier 0, dW2 -> st2: 1)."""
@@ -238,12 +240,14 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                     g.copy_smem_to_gmem(st2, dw2_ref.at[w2_rows(c)])
                     g.wait_smem_to_gmem(0)  # complete: the next read of this chunk is a TMA load
 
-                for m in reversed(range(n_sub)):
-                    in_m = in_mb[m]
-                    b2m = b2s[m]
-                    load([(stash_ref.at[stash_rows(m, j)], wop.at[j]) for j in range(2 * C)]
-                         + [(b1stash_ref.at[b1_rows(n * n_sub + m)], b1m_s)])
+                def minibatch(j, carry):
+                    dq, dk, dv, dlr, ds, dsk, db2, dgam, dbet = carry
+                    m = n_sub - 1 - j
+                    in_m = in_mb(m)
+                    load([(stash_ref.at[stash_rows(m, i)], wop.at[i]) for i in range(2 * C)]
+                         + [(b1stash_ref.at[bst_rows(m)], b1m_s)])
                     b1c = lambda c: colb(col_vec(b1m_s[c]), hshp)
+                    b2m = col_vec(b1m_s[C])
 
                     def z1_of(c):
                         return matmul(k_s, W1(c), hshp) + b1c(c)
@@ -399,10 +403,11 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                         return dk
 
                     dk = chunks(phase_d, full(dk))
-                    dlr = dlr_m if dlr is None else dlr + dlr_m
-                    ds = ds_m if ds is None else ds + ds_m
-                    dsk = dsk_m if dsk is None else dsk + dsk_m
-                return dq, dk, dv, dlr, ds, dsk, db2, dgam, dbet
+                    return (full(dq), full(dk), full(dv), row_vec(dlr + dlr_m), row_vec(ds + ds_m),
+                            row_vec(dsk + dsk_m), col_vec(db2), col_vec(dgam), col_vec(dbet))
+
+                return lax.fori_loop(0, n_sub, minibatch,
+                                     (zero, zero, zero, zero_row, zero_row, zero_row, db2, dgam, dbet))
 
             dq, dk, dv, dlr, ds, dsk, db2, dgam, dbet = pl.run_scoped(
                 sweep, g.SMEM((2 * C, F, HC), op, **mg.swizzled(op, (F, HC))), _smem(shp, f32), _smem(shp, f32),
@@ -436,7 +441,8 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
     scratch += [_smem((TILE,), f32), _smem((TILE,), f32)]  # lr, s
     scratch += [_smem((F,), f32) for _ in range(4)]  # s_K, ln scale, ln bias, b2 / db2
     scratch += [_smem((TILE,), f32) for _ in range(3)]  # per-token output rows
-    scratch += [g.SMEM((C, HC), f32) for _ in range(3)]  # b1 (recomputation), b1 (sweep), db1 carry; by chunk
+    scratch += [g.SMEM((C + 1, HC), f32) for _ in range(2)]  # b1 by chunk and b2: recomputation, sweep
+    scratch += [g.SMEM((C, HC), f32)]  # db1 carry by chunk
     scratch += [g.Barrier(num_barriers=N_BARRIERS)]
     if ts.interpret:
         scratch += [_smem(shp, op)]
@@ -444,7 +450,7 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
     row_t = sd((N, T), f32)
     out_type = ((sd((N * T, F), f32),) * 3 + (row_t,) * 3
                 + (sd((N * C * F, HC), f32), sd((N * C, HC), f32), sd((N * C * HC, F), f32), sd((N, F), f32))
-                + (sd((N, F), f32),) * 2 + (sd((N * n_sub * 2 * C * F, HC), op), sd((N * n_sub * C, HC), f32)))
+                + (sd((N, F), f32),) * 2 + (sd((N * n_sub * 2 * C * F, HC), op), sd((N * n_sub * (C + 1), HC), f32)))
     kern = g.kernel(body, out_type=out_type, grid=(N,), grid_names=("n",), scratch_types=scratch,
                     interpret=mg.interpret_params(ts.interpret, ts.detect_races))
     chunk1 = lambda a, lead: a.reshape(*lead, F, C, HC).swapaxes(-3, -2).reshape(-1, HC)  # W1 -> chunk-major rows
