@@ -8,9 +8,7 @@ Mosaic GPU kernels in gpu_forward.py / gpu_backward.py:
   says; the tokens are padded to whole tiles with lr = 0 (no update; outputs dropped);
 - the gradients of lr and token_scale are folded from the kernel's per-token rows here;
 - F = 64 and F = 128: forward, backward and decode are Mosaic GPU kernels (the backward at F = 128
-  in its own shared-memory layout, gpu_backward._backward_wide);
-- `_xla_backward` (the same reverse sweep over the forward kernel's saved boundaries with each group
-  differentiated by XLA) is the backward of the ttt_mlp GPU backend, which has no backward kernel.
+  in its own shared-memory layout, gpu_backward._backward_wide).
 Head/tail partial mini-batches never reach this module: kernels/common/fused.py runs them in XLA.
 """
 
@@ -18,10 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
-from ..common import minibatch
 from ..common.registry import KernelBackend, KernelSpec
 from . import gpu_backward, gpu_decode, gpu_forward
 from .gpu_forward import TILE, GPUTileSpec
@@ -88,42 +84,6 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
     cut = lambda a: a[:, :T]
     return (cut(dq), cut(dk), cut(dv), cut(dlr_total)[..., None], ds[..., None], (dw0, db0[:, None]), dgam[:, None],
             dbet[:, None])
-
-
-def _xla_backward(spec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz, dws_final):
-    """The reverse sweep over the forward kernel's saved tile boundaries, each tile recomputed and
-    differentiated by XLA (jax.vjp of common/minibatch.step, vmapped over sequences): the backward of
-    learners without a backward kernel (ttt_mlp)."""
-    T0 = q.shape[1]
-    q, k, v, lr, dz = pad_tiles(q, k, v, lr, dz)
-    N, T, F = q.shape
-    K = s.shape[0]
-    GK, group = TILE, TILE // K
-    step = jax.vmap(minibatch.step, in_axes=(0, 0, 0, 0, 0, None, 0, 0, None))
-
-    def group_fwd(ws, q, k, v, lr, s, lns, lnb):
-        zs = []
-        for m in range(group):
-            r = slice(m * K, (m + 1) * K)
-            z, ws = step(ws, q[:, r], k[:, r], v[:, r], lr[:, r], s, lns, lnb, spec.eps)
-            zs.append(z)
-        return jnp.concatenate(zs, axis=1), ws
-
-    split = lambda a: jnp.moveaxis(a.reshape(N, T // GK, GK, *a.shape[2:]), 1, 0)
-    xs = (split(q), split(k), split(v), split(lr), split(dz), tuple(jnp.moveaxis(w, 1, 0) for w in ws_bounds))
-
-    def body(carry, x):
-        dws, ds, dlns, dlnb = carry
-        qg, kg, vg, lrg, dzg, wsg = x
-        _, vjp = jax.vjp(group_fwd, wsg, qg, kg, vg, lrg, s, ln_scale, ln_bias)
-        dwsg, dq, dk, dv, dlr, dsg, dlns_g, dlnb_g = vjp((dzg, dws))
-        return (dwsg, ds + dsg, dlns + dlns_g, dlnb + dlnb_g), (dq, dk, dv, dlr)
-
-    init = (tuple(dws_final), jnp.zeros_like(s), jnp.zeros_like(ln_scale), jnp.zeros_like(ln_bias))
-    (dws0, ds, dlns, dlnb), (dq, dk, dv, dlr) = jax.lax.scan(body, init, xs, reverse=True)
-    merge = lambda a: jnp.moveaxis(a, 0, 1).reshape(N, T, *a.shape[3:])[:, :T0]
-    ds_rows = jnp.broadcast_to(ds[None] / N, (N, *ds.shape))  # the caller sums over sequences
-    return merge(dq), merge(dk), merge(dv), merge(dlr), ds_rows, dws0, dlns, dlnb
 
 
 def unsupported(learner, F: int, K: int) -> str | None:

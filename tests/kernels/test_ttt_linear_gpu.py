@@ -142,23 +142,6 @@ def test_boundary_states_are_the_weights_at_each_tile_start(fwd_bwd_f32):
     assert rel(w_b[:, 0], x[5][0]) < 1e-7 and rel(w_b[:, 1], w_mid) < 1e-5 and rel(b_b[:, 1], b_mid) < 1e-5
 
 
-@pytest.mark.slow  # default-run budget: about 16 s; `make test-all` runs it
-def test_xla_backward_matches_jax_vjp():
-    """`_xla_backward` (XLA recomputation from the kernel's boundary states; the ttt_mlp GPU backward)."""
-    x = flat_inputs(N=2, T=128, F=8, seed=6, mbs=32)
-    (z_ref, w_ref), vjp = jax.vjp(xla_full, *x)
-    rng = np.random.default_rng(2)
-    dz = jnp.asarray(rng.standard_normal(z_ref.shape), jnp.float32)
-    dws = tuple(jnp.asarray(rng.standard_normal(w.shape), jnp.float32) for w in w_ref)
-    _, w_mid = xla_full(*(a[:, :64] for a in x[:4]), *x[4:])
-    bounds = tuple(jnp.stack([a, b], axis=1) for a, b in zip(x[5], w_mid))
-    got = gpu_backend._xla_backward(spec(mbs=32), *x[:5], bounds, *x[6:], dz, dws)
-    ref = vjp((dz, dws))
-    got = (*got[:4], got[4].sum(0), *got[5:])
-    for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
-        assert rel(a, r) < 1e-5
-
-
 def _entry(q, k, v, lr, s, w, lns, lnb, *, impl, state=None, config=GPU):
     return api.ttt_linear(q, k, v, lr, s, w, lns, lnb, mini_batch_size=K, state=state, impl=impl,
                           kernel_config=config if impl == "pallas" else None)

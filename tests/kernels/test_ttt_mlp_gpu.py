@@ -1,6 +1,6 @@
 """Mosaic GPU TTT-MLP kernels (kernels/ttt_mlp/gpu_*.py) on the CPU: the forward kernel under the
-Mosaic GPU interpreter against the XLA math (float32 operands < 1e-5), the backend's XLA-recomputation
-backward through jax.grad, and cross-lowering for CUDA (shared memory: 226,440 of 232,448 bytes)."""
+Mosaic GPU interpreter against the XLA math (float32 operands < 1e-5), the backend's forward and backward
+kernels through jax.grad, and cross-lowering for CUDA (shared memory: 226,440 of 232,448 bytes)."""
 
 from __future__ import annotations
 
@@ -60,9 +60,9 @@ def test_forward_matches_xla_float32_with_boundaries():
 
 
 @pytest.mark.slow
-def test_entry_bf16_gradients_through_the_xla_backward():
+def test_entry_bf16_gradients_through_the_gpu_backend():
     """ttt_mlp(impl="pallas") with the GPU backend: kernel forward (bf16 operands), tail in XLA, and the
-    backend's backward (XLA recomputation from the kernel's boundaries) under jax.grad."""
+    backend's backward kernel (kernels/ttt_mlp/gpu_backward.py) under jax.grad."""
     K = 16
     q, k, v, lr, s, w, lns, lnb = random_inputs("ttt_mlp", B=1, H=1, T=64 + 5, F=F, K=K, seed=2,
                                                  weight_scale=0.05)
