@@ -32,9 +32,10 @@ def test_dual_equals_primal_float64(kind, T):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-# default-run budget: T = 15 (partial), 17 (one past a boundary), 100 (many) run by default; 1 and 16 slow
+# default-run budget: T = 15 (partial) and 100 (many mini-batches and a partial one) run by default; 1, 16 and
+# 17 (one past a boundary, which 100 also crosses) slow
 @pytest.mark.parametrize("T", [pytest.param(1, marks=pytest.mark.slow), 15, pytest.param(16, marks=pytest.mark.slow),
-                               17, 100])
+                               pytest.param(17, marks=pytest.mark.slow), 100])
 def test_gradients_dual_equal_primal_float64(kind, T):
     """d/d(every input and weight) of a random projection of z and the final state."""
     with jax.enable_x64(True):
