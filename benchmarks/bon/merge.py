@@ -37,6 +37,10 @@ for d in a.dirs:
             merged["levels"][lv] = d
             merged["wall_seconds_per_level"][lv] = r["wall_seconds"] / len(r["levels"])
     merged["strategies"] = sorted(set(merged["strategies"]) | set(r["strategies"]))
+    if {"beam_search", "dvts"} & set(r["strategies"]):  # N of the search runs, not a pool run's default
+        searched = merged.setdefault("_searched", set())
+        searched.update(r["search_ns"])
+merged["search_ns"] = sorted(merged.pop("_searched", merged["search_ns"]))
 merged.pop("wall_seconds", None)
 merged["note"] = a.note
 os.makedirs(a.out, exist_ok=True)
