@@ -164,11 +164,16 @@ def run(lengths, B, H, F, K, kinds, impls, modes, min_repeats, official=None, re
                 except jax.errors.JaxRuntimeError as e:  # e.g. the primal form's per-token residuals
                     if "RESOURCE_EXHAUSTED" not in str(e):
                         raise
-                    for impl in impls:
-                        rows.append({"learner": kind, "impl": impl, "mode": mode, "T": T,
-                                     "error": str(e).splitlines()[0][:200]})
-                    print(f"{kind:10s} {mode:16s} T={T:5d} {str(e).splitlines()[0][:100]}")
-                    continue
+                    timings = {}  # out of memory: time each implementation alone, record which ones fail
+                    for impl, fn in fns.items():
+                        try:
+                            timings.update(time_interleaved({impl: fn}, args, min_repeats))
+                        except jax.errors.JaxRuntimeError as e1:
+                            if "RESOURCE_EXHAUSTED" not in str(e1):
+                                raise
+                            rows.append({"learner": kind, "impl": impl, "mode": mode, "T": T,
+                                         "error": str(e1).splitlines()[0][:200]})
+                            print(f"{kind:10s} {mode:16s} T={T:5d} {impl:13s} {str(e1).splitlines()[0][:90]}")
                 for impl, (first, walls, cpus) in timings.items():
                     sec = statistics.median(walls)
                     rows.append({"learner": kind, "impl": impl, "mode": mode, "T": T, "seconds": sec,
