@@ -4,22 +4,26 @@
 # search / DVTS (width 4, N = 4, 16, 64) on the first SEARCH_PROBLEMS of them; one process per level
 # (each gets a slice of the CPU), merged into benchmarks/results/bon/.
 # Usage: benchmarks/bon/eval.sh [WORK_DIR]      (PROBLEMS=500 SEARCH_PROBLEMS=100 by default)
+#        PHASES=search benchmarks/bon/eval.sh DIR   re-runs only the search phase into DIR (merged with DIR's pool runs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${1:-/tmp/bon_eval}
 PROBLEMS=${PROBLEMS:-500}
 SEARCH_PROBLEMS=${SEARCH_PROBLEMS:-100}
+PHASES=${PHASES:-pool,search}
 C=${CHECKPOINTS:-checkpoints}
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 mkdir -p "$WORK/logs"
 M="--policy $C/arith-policy --prm $C/arith-prm --orm $C/arith-orm --no-progress"
 POOL=majority,best_of_n_prm_last,best_of_n_prm_min,best_of_n_prm_prod,weighted_best_of_n_prm,best_of_n_orm,oracle
 for lv in easy medium hard; do
+  [[ $PHASES == *pool* ]] || break
   .venv/bin/ttc best-of-n $M --levels $lv --problems "$PROBLEMS" --n 1,2,4,8,16,32,64 --strategies $POOL \
     --out "$WORK/pool_$lv" > "$WORK/logs/pool_$lv.log" 2>&1 &
 done
 wait
 for lv in easy medium hard; do  # --n 1: the search runs do not need a pool
+  [[ $PHASES == *search* ]] || break
   .venv/bin/ttc best-of-n $M --levels $lv --problems "$SEARCH_PROBLEMS" --n 1 --strategies beam_search,dvts \
     --search-n 4,16,64 --width 4 --out "$WORK/search_$lv" > "$WORK/logs/search_$lv.log" 2>&1 &
 done
