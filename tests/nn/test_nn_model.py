@@ -44,8 +44,9 @@ DECODE_CASES = {
 
 
 # default-run budget: hybrid covers TTT-Linear, TTT-MLP (Mamba backbone) and attention together, so the
-# unscanned hybrid, the TTT-MLP-only and the attention-only cases run with the slow set (make test-all)
-SLOW_DECODE = ("hybrid-unscanned", "ttt-mlp-mamba", "ttt-mlp-transformer", "attention")
+# unscanned hybrid, the TTT-MLP-only, TTT-Linear-Mamba and attention-only cases run with the slow set
+# (make test-all); TTT-Linear on the Transformer backbone stays
+SLOW_DECODE = ("hybrid-unscanned", "ttt-mlp-mamba", "ttt-mlp-transformer", "attention", "ttt-linear-mamba")
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_DECODE else c
