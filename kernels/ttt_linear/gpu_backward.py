@@ -45,7 +45,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from .. import _mosaic_gpu as mg
-from .gpu_forward import TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_stats, matmul, rowb, transposer
+from .gpu_forward import (TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_l2_grad_vjp, ln_stats, matmul, rowb,
+                          transposer)
 
 
 def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end, db_end):
@@ -185,16 +186,8 @@ def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_s
                 dlr = dlr_m if dlr is None else dlr + dlr_m
                 dlrl = dlrl_m if dlrl is None else dlrl + dlrl_m
                 # through G = LN-grad(Z1, v - k)
-                inv = rowb(inv_std, shp)
-                c = inv * (1.0 / F)
-                dg_xh = rowb((dg * xh).sum(axis=1), shp)
-                dgh = inv * dg - c * rowb(dg.sum(axis=1), shp) - c * dg_xh * xh
-                dxh = -c * rowb((gh * xh).sum(axis=1), shp) * dg - c * dg_xh * gh + dgh * gamma * gamma
-                dtg = -dgh * gamma
-                dgam = dgam + (dgh * (2.0 * xh * gamma + beta - target)).sum(axis=0)
-                dbet = dbet + (dgh * gamma).sum(axis=0)
-                tot = rowb((dxh * xh).sum(axis=1) + (dg * gr).sum(axis=1), shp)
-                dz1 = inv * (dxh - rowb(dxh.sum(axis=1) / F, shp) - xh * tot * (1.0 / F))
+                dz1, dtg, dgam_m, dbet_m = ln_l2_grad_vjp(dg, gr, xh, inv_std, gh, target, gamma, beta, F)
+                dgam, dbet = dgam + dgam_m, dbet + dbet_m
                 t1_s[...] = dz1.astype(op)
                 g.commit_smem()
                 dk = dk + matmul(t1_s, tr(w_m, sc(1)), shp) - dtg
@@ -414,16 +407,8 @@ def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds
                 dlr = dlr_m if dlr is None else dlr + dlr_m
                 dlrl = dlrl_m if dlrl is None else dlrl + dlrl_m
                 # through G = LN-grad(Z1, v - k)
-                inv = rowb(inv_std, shp)
-                c = inv * (1.0 / F)
-                dg_xh = rowb((dg * xh).sum(axis=1), shp)
-                dgh = inv * dg - c * rowb(dg.sum(axis=1), shp) - c * dg_xh * xh
-                dxh = -c * rowb((gh * xh).sum(axis=1), shp) * dg - c * dg_xh * gh + dgh * gamma * gamma
-                dtg = -dgh * gamma
-                dgam = dgam + (dgh * (2.0 * xh * gamma + beta - target())).sum(axis=0)
-                dbet = dbet + (dgh * gamma).sum(axis=0)
-                tot = rowb((dxh * xh).sum(axis=1) + (dg * gr).sum(axis=1), shp)
-                dz1 = inv * (dxh - rowb(dxh.sum(axis=1) / F, shp) - xh * tot * (1.0 / F))
+                dz1, dtg, dgam_m, dbet_m = ln_l2_grad_vjp(dg, gr, xh, inv_std, gh, target(), gamma, beta, F)
+                dgam, dbet = dgam + dgam_m, dbet + dbet_m
                 x_s[...] = dz1.astype(op)
                 y_s[...] = dzbar.astype(op)
                 g.commit_smem()

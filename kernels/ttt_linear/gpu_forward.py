@@ -108,6 +108,20 @@ def ln_l2_grad(z, target, gamma, beta, F, eps):
     return g, xh, inv_std, gh
 
 
+def ln_l2_grad_vjp(dg, g, xh, inv_std, gh, target, gamma, beta, F):
+    """Cotangents through `ln_l2_grad` (second order), given dg on its output g and its pieces:
+    (dz, dtarget, dgamma, dbeta), the last two summed over rows."""
+    shp = dg.shape
+    inv = rowb(inv_std, shp)
+    c = inv * (1.0 / F)
+    dg_xh = rowb((dg * xh).sum(axis=1), shp)
+    dgh = inv * dg - c * rowb(dg.sum(axis=1), shp) - c * dg_xh * xh
+    dxh = -c * rowb((gh * xh).sum(axis=1), shp) * dg - c * dg_xh * gh + dgh * gamma * gamma
+    tot = rowb((dxh * xh).sum(axis=1) + (dg * g).sum(axis=1), shp)
+    dz = inv * (dxh - rowb(dxh.sum(axis=1) / F, shp) - xh * tot * (1.0 / F))
+    return dz, -dgh * gamma, (dgh * (2.0 * xh * gamma + beta - target)).sum(axis=0), (dgh * gamma).sum(axis=0)
+
+
 def _smem(shape, dtype):
     g = mg.plgpu()
     if len(shape) == 1:

@@ -49,7 +49,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from .. import _mosaic_gpu as mg
-from ..ttt_linear.gpu_forward import TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_stats, matmul, rowb, transposer
+from ..ttt_linear.gpu_forward import (TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_l2_grad_vjp, ln_stats, matmul,
+                                     rowb, transposer)
 from .gpu_forward import HC, gelu, gelu_grad
 
 _C = math.sqrt(2.0 / math.pi)
@@ -366,16 +367,8 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
                     dlr_m = (dgl2 * gr).sum(axis=1)
                     # through G2 = LN-grad(Z2, v - k) (second order)
                     dg = lr_row * dgl2
-                    inv = rowb(inv_std, shp)
-                    cf = inv * (1.0 / F)
-                    dg_xh = rowb((dg * xh).sum(axis=1), shp)
-                    dgh = inv * dg - cf * rowb(dg.sum(axis=1), shp) - cf * dg_xh * xh
-                    dxh = -cf * rowb((gh * xh).sum(axis=1), shp) * dg - cf * dg_xh * gh + dgh * gamma * gamma
-                    dtg = -dgh * gamma
-                    dgam = dgam + (dgh * (2.0 * xh * gamma + beta - target)).sum(axis=0)
-                    dbet = dbet + (dgh * gamma).sum(axis=0)
-                    tot = rowb((dxh * xh).sum(axis=1) + (dg * gr).sum(axis=1), shp)
-                    dz2 = inv * (dxh - rowb(dxh.sum(axis=1) / F, shp) - xh * tot * (1.0 / F))
+                    dz2, dtg, dgam_m, dbet_m = ln_l2_grad_vjp(dg, gr, xh, inv_std, gh, target, gamma, beta, F)
+                    dgam, dbet = dgam + dgam_m, dbet + dbet_m
                     dk = dk - dtg
                     dv = dv + dtg
                     db2 = db2 + dz2.sum(axis=0)
