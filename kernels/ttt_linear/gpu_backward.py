@@ -46,7 +46,7 @@ from jax.experimental import pallas as pl
 
 from .. import _mosaic_gpu as mg
 from .gpu_forward import (TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_l2_grad_vjp, ln_stats, matmul, rowb,
-                          transposer)
+                          stage_store, transposer)
 
 
 def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end, db_end):
@@ -199,23 +199,16 @@ def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_s
                                 + matmul(tr(k_s, sc(0)), t1_s, (F, F)))
                 dbc = dbc + dzbar.sum(axis=0) + dz1.sum(axis=0)
 
-            o1_s[...], o2_s[...], o3_s[...] = dq, dk, dv
-            v1_s[...], v2_s[...], v3_s[...] = dlr, dlrl, dsr
-            g.commit_smem()
-            for src, dst in ((o1_s, dq_ref), (o2_s, dk_ref), (o3_s, dv_ref)):
-                g.copy_smem_to_gmem(src, dst.at[rows])
-            for src, dst in ((v1_s, dlr_ref), (v2_s, dlrl_ref), (v3_s, ds_ref)):
-                g.copy_smem_to_gmem(src, dst.at[n, pl.ds(t * TILE, TILE)])
+            toks = pl.ds(t * TILE, TILE)
+            stage_store([(dq, o1_s, dq_ref.at[rows]), (dk, o2_s, dk_ref.at[rows]), (dv, o3_s, dv_ref.at[rows]),
+                         (dlr, v1_s, dlr_ref.at[n, toks]), (dlrl, v2_s, dlrl_ref.at[n, toks]),
+                         (dsr, v3_s, ds_ref.at[n, toks])])
             return dbc, dgam, dbet
 
         dbc, dgam, dbet = lax.fori_loop(0, n_tiles, tile, (dbc0, zero_col, zero_col))
         g.wait_smem_to_gmem(0)
         g.copy_smem_to_gmem(dwc32_s, dw0_ref.at[pl.ds(n * F, F)])
-        for vec, ref, buf in ((dbc, db0_ref, vec_s), (dgam, dgam_ref, v1_s), (dbet, dbet_ref, v2_s)):
-            buf[...] = vec
-        g.commit_smem()
-        for ref, buf in ((db0_ref, vec_s), (dgam_ref, v1_s), (dbet_ref, v2_s)):
-            g.copy_smem_to_gmem(buf, ref.at[n])
+        stage_store([(dbc, vec_s, db0_ref.at[n]), (dgam, v1_s, dgam_ref.at[n]), (dbet, v2_s, dbet_ref.at[n])])
         g.wait_smem_to_gmem(0)
 
     t2 = (TILE, TILE)
@@ -230,17 +223,8 @@ def backward(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_s
     if ts.interpret:
         scratch += [_smem((F, TILE), op), _smem((F, F), op), _smem((F, TILE), op), _smem(t2, op),
                     _smem((F, TILE), op)]
-    row_t = jax.ShapeDtypeStruct((N, T), f32)
-    out_type = (jax.ShapeDtypeStruct((N * T, F), f32),) * 3 + (row_t,) * 3 + (
-        jax.ShapeDtypeStruct((N * F, F), f32),) + (jax.ShapeDtypeStruct((N, F), f32),) * 3
-    kern = g.kernel(body, out_type=out_type, grid=(N,), grid_names=("n",), scratch_types=scratch,
-                    interpret=mg.interpret_params(ts.interpret, ts.detect_races))
-    flat = lambda a: a.reshape(N * T, F)
-    outs = kern(flat(q), flat(k), flat(v), flat(dz), lr, lrl, s_tile, w_bounds.reshape(N * n_tiles * F, F), b_bounds,
-                ln_scale, ln_bias, dw_end.reshape(N * F, F), db_end)
-    dq, dk, dv, dlr, dlrl, ds, dw0, db0, dgam, dbet = outs
-    un = lambda a: a.reshape(N, T, F)
-    return un(dq), un(dk), un(dv), dlr, dlrl, ds, dw0.reshape(N, F, F), db0, dgam, dbet
+    return _launch(ts, body, scratch, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end,
+                   db_end)
 
 
 def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end,
@@ -426,19 +410,14 @@ def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds
                 g.commit_smem()
                 dbc = dbc + dzbar.sum(axis=0) + dz1.sum(axis=0)
 
-            r1_s[...], r2_s[...], r3_s[...] = dlr, dlrl, dsr
-            g.commit_smem()
-            for src, dst in ((r1_s, dlr_ref), (r2_s, dlrl_ref), (r3_s, ds_ref)):
-                g.copy_smem_to_gmem(src, dst.at[n, pl.ds(t * TILE, TILE)])
+            toks = pl.ds(t * TILE, TILE)
+            stage_store([(dlr, r1_s, dlr_ref.at[n, toks]), (dlrl, r2_s, dlrl_ref.at[n, toks]),
+                         (dsr, r3_s, ds_ref.at[n, toks])])
             return dbc, dgam, dbet
 
         dbc, dgam, dbet = lax.fori_loop(0, n_tiles, tile, (dbc0, zero_col, zero_col))
         g.wait_smem_to_gmem(0)
-        for vec, buf in ((dbc, vec_s), (dgam, lns_s), (dbet, lnb_s)):
-            buf[...] = vec
-        g.commit_smem()
-        for ref, buf in ((db0_ref, vec_s), (dgam_ref, lns_s), (dbet_ref, lnb_s)):
-            g.copy_smem_to_gmem(buf, ref.at[n])
+        stage_store([(dbc, vec_s, db0_ref.at[n]), (dgam, lns_s, dgam_ref.at[n]), (dbet, lnb_s, dbet_ref.at[n])])
         g.wait_smem_to_gmem(0)
 
     scratch = [_smem(shp, op) for _ in range(4)]  # q, k, v, dz
@@ -449,13 +428,24 @@ def _backward_wide(ts: GPUTileSpec, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds
     if ts.interpret:
         scratch += [_smem((F, TILE), op), _smem((F, F), op), _smem((F, TILE), op), _smem(t2, op),
                     _smem(t2, op), _smem(t2, op)]
+    return _launch(ts, body, scratch, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz, dw_end,
+                   db_end)
+
+
+def _launch(ts: GPUTileSpec, body, scratch, q, k, v, lr, lrl, s_tile, w_bounds, b_bounds, ln_scale, ln_bias, dz,
+            dw_end, db_end):
+    """One program per sequence running `body` (either layout: same operands, outputs and results as
+    `backward`)."""
+    g = mg.plgpu()
+    N, T, F = q.shape
+    f32 = jnp.float32
     row_t = jax.ShapeDtypeStruct((N, T), f32)
     out_type = (jax.ShapeDtypeStruct((N * T, F), f32),) * 3 + (row_t,) * 3 + (
         jax.ShapeDtypeStruct((N * F, F), f32),) + (jax.ShapeDtypeStruct((N, F), f32),) * 3
     kern = g.kernel(body, out_type=out_type, grid=(N,), grid_names=("n",), scratch_types=scratch,
                     interpret=mg.interpret_params(ts.interpret, ts.detect_races))
     flat = lambda a: a.reshape(N * T, F)
-    outs = kern(flat(q), flat(k), flat(v), flat(dz), lr, lrl, s_tile, w_bounds.reshape(N * n_tiles * F, F), b_bounds,
+    outs = kern(flat(q), flat(k), flat(v), flat(dz), lr, lrl, s_tile, w_bounds.reshape(-1, F), b_bounds,
                 ln_scale, ln_bias, dw_end.reshape(N * F, F), db_end)
     dq, dk, dv, dlr, dlrl, ds, dw0, db0, dgam, dbet = outs
     un = lambda a: a.reshape(N, T, F)

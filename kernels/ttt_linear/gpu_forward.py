@@ -122,6 +122,17 @@ def ln_l2_grad_vjp(dg, g, xh, inv_std, gh, target, gamma, beta, F):
     return dz, -dgh * gamma, (dgh * (2.0 * xh * gamma + beta - target)).sum(axis=0), (dgh * gamma).sum(axis=0)
 
 
+def stage_store(items):
+    """Write each (value, shared-memory buffer, global view): all buffers, one fence, then the async copies
+    in order (the caller waits on them)."""
+    g = mg.plgpu()
+    for value, buf, _ in items:
+        buf[...] = value
+    g.commit_smem()
+    for _, buf, dst in items:
+        g.copy_smem_to_gmem(buf, dst)
+
+
 def _smem(shape, dtype):
     g = mg.plgpu()
     if len(shape) == 1:

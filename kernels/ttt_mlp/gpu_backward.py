@@ -50,7 +50,7 @@ from jax.experimental import pallas as pl
 
 from .. import _mosaic_gpu as mg
 from ..ttt_linear.gpu_forward import (TILE, GPUTileSpec, _smem, colb, ln_l2_grad, ln_l2_grad_vjp, ln_stats, matmul,
-                                     rowb, transposer)
+                                     rowb, stage_store, transposer)
 from .gpu_forward import HC, gelu, gelu_grad
 
 _C = math.sqrt(2.0 / math.pi)
@@ -408,13 +408,10 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
 
             # -- outputs of the tile ----------------------------------------------------------------------
             def write(o1, o2, o3):
-                o1[...], o2[...], o3[...] = dq, dk, dv
-                r1_s[...], r2_s[...], r3_s[...] = dlr, ds, dsk
-                g.commit_smem()
-                for src, dst in ((o1, dq_ref), (o2, dk_ref), (o3, dv_ref)):
-                    g.copy_smem_to_gmem(src, dst.at[rows])
-                for src, dst in ((r1_s, dlr_ref), (r2_s, ds_ref), (r3_s, dsk_ref)):
-                    g.copy_smem_to_gmem(src, dst.at[n, pl.ds(t * TILE, TILE)])
+                toks = pl.ds(t * TILE, TILE)
+                stage_store([(dq, o1, dq_ref.at[rows]), (dk, o2, dk_ref.at[rows]), (dv, o3, dv_ref.at[rows]),
+                             (dlr, r1_s, dlr_ref.at[n, toks]), (ds, r2_s, ds_ref.at[n, toks]),
+                             (dsk, r3_s, dsk_ref.at[n, toks])])
                 g.wait_smem_to_gmem(0, wait_read_only=True)  # o*_s are released at the end of this scope
 
             pl.run_scoped(write, *[_smem(shp, f32) for _ in range(3)])
@@ -423,11 +420,8 @@ def backward(ts: GPUTileSpec, q, k, v, dz, lr, s_tile, s_last, w1b, b1b, w2b, b2
         zero_col = gam_v * 0.0
         db2, dgam, dbet = lax.fori_loop(0, n_tiles, tile, (db2_0, zero_col, zero_col))
         g.wait_smem_to_gmem(0)
-        b2_s[...], lns_s[...], lnb_s[...] = db2, dgam, dbet
-        g.commit_smem()
-        g.copy_smem_to_gmem(db1_s, db1_ref.at[b1_rows(n)])
-        for src, dst in ((b2_s, db2_ref), (lns_s, dgam_ref), (lnb_s, dbet_ref)):
-            g.copy_smem_to_gmem(src, dst.at[n])
+        stage_store([(db2, b2_s, db2_ref.at[n]), (dgam, lns_s, dgam_ref.at[n]), (dbet, lnb_s, dbet_ref.at[n])])
+        g.copy_smem_to_gmem(db1_s, db1_ref.at[b1_rows(n)])  # written before the fence above
         g.wait_smem_to_gmem(0)
 
     scratch = [_smem(shp, op) for _ in range(4)]  # q, k, dz, P1
