@@ -90,13 +90,18 @@ def unsupported(learner, F: int, K: int) -> str | None:
     return gpu_forward.check(F, K, "bfloat16", interpret=False)
 
 
-def decode(spec: KernelSpec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs):
-    N, F = q.shape
-    reason = gpu_forward.check(F, 16, "bfloat16", interpret=False)
+def decode_tile_spec(spec: KernelSpec, F: int, check) -> GPUTileSpec:
+    """The decode kernels' tile spec (float32 vector math, one token); ValueError where `check` rejects F."""
+    reason = check(F, 16, "bfloat16", interpret=False)
     if reason:
         raise ValueError(reason)
-    ts = GPUTileSpec(F=F, K=1, eps=spec.eps, operand_dtype="float32", interpret=spec.interpret,
-                     detect_races=spec.detect_races)
+    return GPUTileSpec(F=F, K=1, eps=spec.eps, operand_dtype="float32", interpret=spec.interpret,
+                       detect_races=spec.detect_races)
+
+
+def decode(spec: KernelSpec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs):
+    N, F = q.shape
+    ts = decode_tile_spec(spec, F, gpu_forward.check)
     (w, b), (aw, ab) = ws, accs
     z, w, b, aw, ab = gpu_decode.decode(ts, q, k, v, lr[:, 0], sp[0, 0], sp[0, 1], ln_scale, ln_bias,
                                         w, b[:, 0], aw, ab[:, 0])

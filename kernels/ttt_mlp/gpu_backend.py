@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..common.registry import KernelBackend, KernelSpec
-from ..ttt_linear.gpu_backend import GPUSpec, pad_tiles  # noqa: F401  (GPUSpec: the spec with matmul_dtype)
+from ..ttt_linear.gpu_backend import GPUSpec, decode_tile_spec, pad_tiles  # noqa: F401  (GPUSpec: the spec with matmul_dtype)
 from ..ttt_linear.gpu_forward import TILE, GPUTileSpec
 from . import gpu_backward, gpu_forward
 from . import gpu_decode
@@ -66,11 +66,7 @@ def backward(spec: KernelSpec, q, k, v, lr, s, ws_bounds, ln_scale, ln_bias, dz,
 def decode(spec: KernelSpec, q, k, v, lr, sp, ln_scale, ln_bias, ws, accs):
     """The Mosaic GPU decode kernel (gpu_decode.py: float32 vector math, hidden chunks streamed by TMA)."""
     N, F = q.shape
-    reason = gpu_forward.check(F, 16, "bfloat16", interpret=False)
-    if reason:
-        raise ValueError(reason)
-    ts = GPUTileSpec(F=F, K=1, eps=spec.eps, operand_dtype="float32", interpret=spec.interpret,
-                     detect_races=spec.detect_races)
+    ts = decode_tile_spec(spec, F, gpu_forward.check)
     (w1, b1, w2, b2), (a1, ab1, a2, ab2) = ws, accs
     z, *new = gpu_decode.decode(ts, q, k, v, lr[:, 0], sp[0, 0], sp[0, 1], ln_scale, ln_bias, w1, b1[:, 0], w2,
                                 b2[:, 0], a1, ab1[:, 0], a2, ab2[:, 0])
