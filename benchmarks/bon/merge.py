@@ -1,6 +1,6 @@
 """Merge `ttc best-of-n` output folders (run in parallel: one per level, and e.g. one with only beam search /
 DVTS on fewer problems) into one results.json, curves.json and plots; a later folder adds the strategies a
-level does not have yet.
+level does not have yet, and an N a strategy does not have yet.
 
   .venv/bin/python benchmarks/bon/merge.py --out benchmarks/results/bon /tmp/bon_easy /tmp/bon_medium /tmp/bon_hard
 """
@@ -27,9 +27,10 @@ for d in a.dirs:
     for lv, d in r["levels"].items():
         if lv in merged["levels"]:  # a second run on this level (e.g. beam search / DVTS only): add its strategies
             old = merged["levels"][lv]
-            for k in d["accuracy"]:
-                if k not in old["accuracy"]:
-                    old["accuracy"][k] = d["accuracy"][k]
+            for k, by_n in d["accuracy"].items():  # a strategy / N the level does not have yet
+                have = old["accuracy"].setdefault(k, {})
+                have.update({n: v for n, v in by_n.items() if n not in have})
+                old["accuracy"][k] = dict(sorted(have.items(), key=lambda kv: int(kv[0])))
             old["num_search_problems"] = max(old["num_search_problems"], d["num_search_problems"])
             old["timing"].update({k: v for k, v in d["timing"].items() if k not in old["timing"]})
             merged["wall_seconds_per_level"][lv] += r["wall_seconds"] / len(r["levels"])
