@@ -14,7 +14,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from ..common.registry import KernelBackend, KernelSpec
-from ..ttt_linear.gpu_backend import GPUSpec, decode_tile_spec, pad_tiles  # noqa: F401  (GPUSpec: the spec with matmul_dtype)
+from ..ttt_linear.gpu_backend import GPUSpec, pad_tiles  # noqa: F401  (GPUSpec: the spec with matmul_dtype)
+from ..ttt_linear.gpu_backend import decode_tile_spec
 from ..ttt_linear.gpu_forward import TILE, GPUTileSpec
 from . import gpu_backward, gpu_forward
 from . import gpu_decode
