@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax.numpy as jnp
 import numpy as np
 
 from ttc_jax.search import checkpoint
+from ttc_jax.search.lm import RewardScorer, TextCodec
 from ttc_jax.tasks import arithmetic as A
 
 
@@ -36,17 +36,6 @@ def altered(problem: A.Problem, at: int, delta: int) -> list[str]:
     return steps
 
 
-def separator_scores(prm, prompt: str, steps_list: list[list[str]]) -> np.ndarray:
-    """[len(steps_list), S] PRM scores at the S step separators of each text (same step count)."""
-    seqs = [A.encode(prompt + "".join(s + "\n" for s in steps)) for steps in steps_list]
-    L = max(len(s) for s in seqs)
-    x = np.full((len(seqs), L), A.PAD, np.int32)
-    for i, s in enumerate(seqs):
-        x[i, L - len(s):] = s
-    scores = np.asarray(prm(jnp.asarray(x)))
-    return np.stack([scores[i][x[i] == A.SEP][1:] for i in range(len(seqs))])  # [1:]: drop the prompt's "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prm", default="checkpoints/arith-prm")
@@ -55,19 +44,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    prm = checkpoint.load_reward(a.prm)
+    prm = RewardScorer(checkpoint.load_reward(a.prm), TextCodec(A.SEP, A.EOS, A.PAD))  # as `ttc best-of-n` scores
     rng = np.random.default_rng(a.seed)
     out = {"prm": a.prm, "problems": a.problems, "seed": a.seed, "levels": {}}
     for lv in a.levels.split(","):
-        rows = {"first": [], "last": [], "before_last": []}
-        for q in A.heldout_problems(lv, a.problems, a.seed):
-            n = len(q.steps)
+        problems = A.heldout_problems(lv, a.problems, a.seed)
+        prompts, texts = [], []
+        for q in problems:  # per problem: the reference, then step 0 and the last step altered
             d = int(rng.choice([-1, 1]))
-            s = separator_scores(prm, q.prompt, [q.steps, altered(q, 0, d), altered(q, n - 1, d)])
-            rows["first"].append(s[0, 0] - s[1, 0])
-            rows["last"].append(s[0, n - 1] - s[2, n - 1])
+            for steps in (q.steps, altered(q, 0, d), altered(q, len(q.steps) - 1, d)):
+                prompts.append(q.prompt)
+                texts.append("".join(st + "\n" for st in steps))
+        scores = prm.score_steps(prompts, texts)  # per text, the score at each of its step separators
+        rows = {"first": [], "last": [], "before_last": []}
+        for i, q in enumerate(problems):
+            ref, first, last = scores[3 * i:3 * i + 3]
+            n = len(q.steps)
+            rows["first"].append(ref[0] - first[0])
+            rows["last"].append(ref[n - 1] - last[n - 1])
             if n > 1:
-                rows["before_last"].append(s[0, n - 2] - s[2, n - 2])
+                rows["before_last"].append(ref[n - 2] - last[n - 2])
         res = {}
         for k, g in rows.items():
             g = np.asarray(g)
